@@ -1,0 +1,34 @@
+"""Package definition for the NAS framework (P-DARTS / REINFORCE search on PyTorch)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="pdarts-nas",
+    version="0.1.0",
+    description="Progressive cell-based NAS: DARTS gradient and REINFORCE controllers, eval trainer, one-shot studies",
+    python_requires=">=3.9",
+    packages=find_packages(include=["nas", "nas.*", "search_spaces", "search_spaces.*", "controllers", "controllers.*"]),
+    py_modules=["search", "train_eval"],
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "numpy>=1.23",
+        "scipy>=1.9",
+        "tensorboard>=2.12",
+        "thop>=0.1.1",
+        "graphviz>=0.20",
+        "pyyaml>=6.0",
+        "tqdm>=4.64",
+        "scikit-learn>=1.1",
+        "matplotlib>=3.6",
+    ],
+    extras_require={"test": ["pytest>=7.0", "ruff>=0.4"]},
+    entry_points={
+        "console_scripts": [
+            "nas-search=search:main",
+            "nas-train=train_eval:main",
+            "nas-plot=nas.visualize:main",
+            "nas-report=nas.report:main",
+        ]
+    },
+)
