@@ -6,7 +6,8 @@ setup(
     version="0.1.0",
     description="Progressive cell-based NAS: DARTS gradient and REINFORCE controllers, eval trainer, one-shot studies",
     python_requires=">=3.9",
-    packages=find_packages(include=["nas", "nas.*", "search_spaces", "search_spaces.*", "controllers", "controllers.*"]),
+    packages=find_packages(include=["nas*", "search_spaces*", "controllers*", "genotypes*"]),
+    package_data={"genotypes": ["*.json"]},
     py_modules=["search", "train_eval"],
     include_package_data=True,
     install_requires=[
