@@ -1,0 +1,250 @@
+"""Datasets, the standard normalisation, and the search split into weight and architecture halves.
+
+Small grey-scale sets (digits, mnist, fashion_mnist) are held in memory as normalised tensors;
+CIFAR and image folders go through torchvision with per-image transforms.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+
+from nas.errors import UserError
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
+
+MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "digits": ((0.3053,), (0.3760,)),  # sklearn digits scaled to [0, 1]
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet
+}
+
+_HOW_TO_GET = {
+    "mnist": "set data.download=true to fetch it with torchvision, or point data.root at a folder holding "
+    "MNIST/raw or mnist_5k_train.csv.gz + t10k-*-ubyte.gz",
+    "fashion_mnist": "set data.download=true to fetch it with torchvision",
+    "cifar10": "set data.download=true to fetch it with torchvision, or point data.root at the folder holding "
+    "cifar-10-batches-py",
+    "cifar100": "set data.download=true to fetch it with torchvision, or point data.root at the folder holding "
+    "cifar-100-python",
+    "imagefolder": "point data.root at a folder with train/ and val/ subfolders of class folders",
+}
+
+
+@dataclass
+class DataConfig:
+    """The `data:` section of a config."""
+
+    dataset: str = "digits"
+    root: str = "data"
+    train_portion: float = 0.5
+    batch_size: int = 64
+    download: bool = False
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise UserError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if not 0.0 < self.train_portion < 1.0:
+            raise UserError(f"data.train_portion must be in (0, 1), got {self.train_portion}")
+        if self.batch_size <= 0:
+            raise UserError(f"data.batch_size must be positive, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise UserError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A dataset and the shape facts a network needs to be built for it."""
+
+    dataset: Dataset
+    in_channels: int
+    size: int
+    num_classes: int
+
+
+class Cutout:
+    """Zero a size x size square at a random centre (DeVries & Taylor 2017); the square may cross the border."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        cy, cx = np.random.randint(h), np.random.randint(w)
+        y0, y1 = max(cy - self.size // 2, 0), min(cy + self.size // 2, h)
+        x0, x1 = max(cx - self.size // 2, 0), min(cx + self.size // 2, w)
+        img = img.clone()
+        img[..., y0:y1, x0:x1] = 0.0
+        return img
+
+
+def _normalised(images: torch.Tensor, name: str) -> torch.Tensor:
+    """[N, H, W] or [N, C, H, W] images in [0, 1] -> normalised float [N, C, H, W]."""
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in MEAN_STD[name])
+    return ((images.float() - mean) / std).contiguous()
+
+
+def _digits(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled 8x8 digits; a fixed 80/20 split into train and test."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    order = np.random.RandomState(0).permutation(len(bunch.target))
+    cut = int(0.8 * len(order))
+    idx = order[:cut] if train else order[cut:]
+    images = torch.from_numpy(bunch.images[idx] / 16.0).float()
+    return images, torch.from_numpy(bunch.target[idx]).long()
+
+
+def _read_idx_gz(path: Path, reader) -> torch.Tensor:
+    """Read a gzipped IDX file with one of torchvision's MNIST readers."""
+    with gzip.open(path, "rb") as src, tempfile.NamedTemporaryFile(suffix=".idx") as tmp:
+        tmp.write(src.read())
+        tmp.flush()
+        return reader(tmp.name)
+
+
+def _mnist_shared_layout(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The small offline MNIST layout: 5k training images as CSV, the official test set as gzipped IDX."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    if train and (root / "mnist_5k_train.csv.gz").is_file():
+        table = np.loadtxt(root / "mnist_5k_train.csv.gz", delimiter=",", dtype=np.uint8)
+        images = torch.from_numpy(table[:, :784].reshape(-1, 28, 28).astype(np.float32) / 255.0)
+        return images, torch.from_numpy(table[:, 784].astype(np.int64))
+    if not train and (root / "t10k-images-idx3-ubyte.gz").is_file():
+        images = _read_idx_gz(root / "t10k-images-idx3-ubyte.gz", read_image_file).float() / 255.0
+        return images, _read_idx_gz(root / "t10k-labels-idx1-ubyte.gz", read_label_file).long()
+    return None
+
+
+def _torchvision_grey(name: str, root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision import datasets
+
+    cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+    try:
+        ds = cls(str(root), train=train, download=download)
+    except RuntimeError as err:
+        raise UserError(f"{name} not found under {root} ({err}); {_HOW_TO_GET[name]}") from None
+    return ds.data.float() / 255.0, ds.targets.long()
+
+
+def _grey(name: str, root: Path, train: bool, download: bool) -> ImageData:
+    if name == "digits":
+        images, labels = _digits(train)
+    else:
+        shared = _mnist_shared_layout(root, train) if name == "mnist" else None
+        images, labels = shared if shared is not None else _torchvision_grey(name, root, train, download)
+    x = _normalised(images, name)
+    return ImageData(TensorDataset(x, labels), 1, x.shape[-1], 10)
+
+
+def _cifar(name: str, root: Path, train: bool, download: bool, augment: bool, cutout: int) -> ImageData:
+    from torchvision import datasets, transforms
+
+    steps = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if augment else []
+    steps += [transforms.ToTensor(), transforms.Normalize(*MEAN_STD[name])]
+    if augment and cutout > 0:
+        steps.append(Cutout(cutout))
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    try:
+        ds = cls(str(root), train=train, download=download, transform=transforms.Compose(steps))
+    except RuntimeError as err:
+        raise UserError(f"{name} not found under {root} ({err}); {_HOW_TO_GET[name]}") from None
+    return ImageData(ds, 3, 32, len(ds.classes))
+
+
+def _imagefolder(root: Path, train: bool, augment: bool) -> ImageData:
+    from torchvision import datasets, transforms
+
+    folder = root / ("train" if train else "val")
+    if not folder.is_dir():
+        raise UserError(f"image folder {folder} not found; {_HOW_TO_GET['imagefolder']}")
+    if augment:
+        steps = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+                 transforms.ColorJitter(0.4, 0.4, 0.4, 0.2)]
+    else:
+        steps = [transforms.Resize(256), transforms.CenterCrop(224)]
+    steps += [transforms.ToTensor(), transforms.Normalize(*MEAN_STD["imagefolder"])]
+    ds = datasets.ImageFolder(str(folder), transform=transforms.Compose(steps))
+    return ImageData(ds, 3, 224, len(ds.classes))
+
+
+def load_dataset(name: str, root: str | os.PathLike = "data", train: bool = True, augment: bool = False,
+                 cutout: int = 0, download: bool = False) -> ImageData:
+    """Load a dataset by name; a missing dataset raises UserError naming the path and how to get it."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    root = Path(root).expanduser()
+    if name != "digits" and not download and not root.exists():
+        raise UserError(f"dataset path {root} does not exist; {_HOW_TO_GET[name]}")
+    if name in ("digits", "mnist", "fashion_mnist"):
+        return _grey(name, root, train, download)
+    if name in ("cifar10", "cifar100"):
+        return _cifar(name, root, train, download, augment, cutout)
+    return _imagefolder(root, train, augment)
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffles a fixed index list with a permutation that depends only on (seed, epoch).
+
+    `set_epoch(e, skip_batches=b)` makes the next iteration start b batches into epoch e, so a run
+    resumed in the middle of an epoch sees exactly the batches an uninterrupted run would.
+    """
+
+    def __init__(self, indices: list[int], seed: int, batch_size: int):
+        self.indices = list(indices)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip_batches
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.indices), generator=g)[self.skip * self.batch_size:]
+        return iter([self.indices[i] for i in order.tolist()])
+
+    def __len__(self) -> int:
+        return max(len(self.indices) - self.skip * self.batch_size, 0)
+
+
+def search_split(n: int, train_portion: float) -> tuple[list[int], list[int]]:
+    """The first `train_portion` of the training set trains weights; the rest validates architectures."""
+    cut = int(np.floor(train_portion * n))
+    if cut == 0 or cut == n:
+        raise UserError(f"data.train_portion={train_portion} leaves one half of the {n} images empty")
+    return list(range(cut)), list(range(cut, n))
+
+
+def make_loader(dataset: Dataset, sampler: Sampler[int], batch_size: int, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over `sampler` that keeps partial last batches of at least 2 images (BatchNorm needs 2)."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=len(sampler) % batch_size == 1, pin_memory=torch.cuda.is_available())
+
+
+def search_loaders(cfg: DataConfig, seed: int) -> tuple[ImageData, DataLoader, DataLoader]:
+    """The training set and the loaders of its weight half and its architecture half."""
+    data = load_dataset(cfg.dataset, cfg.root, train=True, download=cfg.download)
+    w_idx, a_idx = search_split(len(data.dataset), cfg.train_portion)
+    loaders = [
+        make_loader(data.dataset, EpochSampler(idx, seed + k, cfg.batch_size), cfg.batch_size, cfg.num_workers)
+        for k, idx in enumerate((w_idx, a_idx))
+    ]
+    return data, loaders[0], loaders[1]
+
