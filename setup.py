@@ -5,7 +5,7 @@ setup(
     name="pdarts-nas",
     version="0.1.0",
     description="Progressive cell-based NAS: DARTS gradient and REINFORCE controllers, eval trainer, one-shot studies",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_packages(include=["nas*", "search_spaces*", "controllers*", "genotypes*"]),
     package_data={"genotypes": ["*.json"]},
     py_modules=["search", "train_eval"],
