@@ -1,0 +1,116 @@
+"""The DARTS architect: architecture logits learned by gradient descent on the validation loss.
+
+First order: alpha <- Adam(grad_alpha L_val(w, alpha)).
+Second order (Liu et al. 2019, eq. 7-8): with the virtual step
+w' = w - lr * (momentum * buf + grad_w L_train(w) + wd * w),
+grad = grad_alpha L_val(w', alpha) - lr * [grad_alpha L_train(w+) - grad_alpha L_train(w-)] / (2R),
+where w+- = w +- R * grad_w' L_val(w', alpha) and R = 0.01 / ||grad_w' L_val||.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.func import functional_call
+
+from controllers.base import ArchStepContext, Controller
+from nas.errors import UserError
+
+
+@dataclass
+class GradientConfig:
+    """The `gradient:` section of a search config (P-DARTS defaults)."""
+
+    order: int = 1
+    lr: float = 6e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 1e-3
+
+    def validate(self) -> None:
+        if self.order not in (1, 2):
+            raise UserError(f"gradient.order must be 1 or 2, got {self.order}")
+        if self.lr <= 0:
+            raise UserError(f"gradient.lr must be positive, got {self.lr}")
+
+
+class GradientController(Controller):
+    """Softmax-relaxed architecture weights trained by Adam on validation batches."""
+
+    def __init__(self, shapes: dict[str, tuple[int, int]], cfg: GradientConfig):
+        super().__init__(shapes)
+        self.cfg = cfg
+        self.optimizer = torch.optim.Adam(self.alphas.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                          weight_decay=cfg.weight_decay)
+
+    def mixture_weights(self) -> dict[str, torch.Tensor]:
+        """Softmax of the logits, differentiable with respect to them."""
+        return {group: torch.softmax(alpha, dim=-1) for group, alpha in self.alphas.items()}
+
+    def weight_forward_kwargs(self) -> dict[str, Any]:
+        return {"weights": self.probs()}
+
+    def eval_forward_kwargs(self) -> dict[str, Any]:
+        return {"weights": self.probs()}
+
+    def _alpha_grads(self, ctx: ArchStepContext, batch, params: dict[str, torch.Tensor] | None = None,
+                     wrt_params: bool = False) -> tuple[torch.Tensor, ...]:
+        """Gradients of the loss on `batch` with respect to the logits (and the weights `params`)."""
+        x, y = batch
+        kwargs = {"weights": self.mixture_weights()}
+        logits = ctx.model(x, **kwargs) if params is None else functional_call(ctx.model, params, (x,), kwargs)
+        loss = ctx.criterion(logits, y)
+        inputs = list(self.alphas.values()) + (list(params.values()) if wrt_params else [])
+        return torch.autograd.grad(loss, inputs, allow_unused=True)
+
+    def _unrolled_grads(self, ctx: ArchStepContext) -> list[torch.Tensor]:
+        model, opt = ctx.model, ctx.w_optimizer
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        weights = [p for n, p in model.named_parameters() if p.requires_grad]
+        group = opt.param_groups[0]
+        momentum, wd = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
+        x, y = ctx.train_batch
+        train_grads = torch.autograd.grad(ctx.criterion(model(x, **self.weight_forward_kwargs()), y), weights,
+                                          allow_unused=True)
+        virtual = {}
+        for name, w, g in zip(names, weights, train_grads):
+            step = (g if g is not None else torch.zeros_like(w)) + wd * w.detach()
+            buf = opt.state.get(w, {}).get("momentum_buffer")
+            if buf is not None:
+                step = step + momentum * buf
+            virtual[name] = (w.detach() - ctx.lr * step).requires_grad_(True)
+        n_alpha = len(self.alphas)
+        grads = self._alpha_grads(ctx, ctx.val_batch, virtual, wrt_params=True)
+        d_alpha, d_w = grads[:n_alpha], grads[n_alpha:]
+        d_w = [g if g is not None else torch.zeros_like(w) for g, w in zip(d_w, weights)]
+        radius = 0.01 / torch.cat([g.flatten() for g in d_w]).norm().clamp_min(1e-12)
+        hessian = []
+        with torch.no_grad():
+            for w, g in zip(weights, d_w):
+                w.add_(g, alpha=radius)
+        plus = self._alpha_grads(ctx, ctx.train_batch)
+        with torch.no_grad():
+            for w, g in zip(weights, d_w):
+                w.sub_(g, alpha=2 * radius)
+        minus = self._alpha_grads(ctx, ctx.train_batch)
+        with torch.no_grad():
+            for w, g in zip(weights, d_w):
+                w.add_(g, alpha=radius)
+        for p, m in zip(plus, minus):
+            hessian.append((p - m) / (2 * radius))
+        return [da - ctx.lr * h for da, h in zip(d_alpha, hessian)]
+
+    def arch_step(self, ctx: ArchStepContext) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        grads = self._unrolled_grads(ctx) if self.cfg.order == 2 else self._alpha_grads(ctx, ctx.val_batch)
+        for alpha, grad in zip(self.alphas.values(), grads):
+            alpha.grad = grad
+        self.optimizer.step()
+        entropy = sum(float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean()) for p in self.probs().values())
+        return {"entropy": entropy / len(self.alphas)}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
