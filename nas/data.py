@@ -233,9 +233,13 @@ def search_split(n: int, train_portion: float) -> tuple[list[int], list[int]]:
 
 
 def make_loader(dataset: Dataset, sampler: Sampler[int], batch_size: int, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over `sampler` that keeps partial last batches of at least 2 images (BatchNorm needs 2)."""
+    """A DataLoader over `sampler` that keeps partial last batches of at least 2 images (BatchNorm needs 2).
+
+    It has its own generator, so starting an epoch never draws from the global RNG (resumes stay exact).
+    """
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      drop_last=len(sampler) % batch_size == 1, pin_memory=torch.cuda.is_available())
+                      drop_last=len(sampler) % batch_size == 1, pin_memory=torch.cuda.is_available(),
+                      generator=torch.Generator())
 
 
 def search_loaders(cfg: DataConfig, seed: int) -> tuple[ImageData, DataLoader, DataLoader]:

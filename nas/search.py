@@ -1,0 +1,428 @@
+"""The progressive search loop (P-DARTS): per stage build the supernet with its kept ops, warm up the
+weights, alternate weight and architecture steps, then drop the weakest ops on every edge.
+
+Everything that decides the future is checkpointed (every epoch end and every `run.checkpoint_every`
+weight steps), so `--resume` continues a killed run exactly where it stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from controllers.base import ArchStepContext, Controller
+from controllers.gradient import GradientController
+from controllers.reinforce import ReinforceController
+from controllers.reward import make_reward_fn
+from nas.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from nas.config import to_dict
+from nas.data import ImageData, search_loaders
+from nas.errors import UserError
+from nas.genotype import make_record, to_dict as genotype_dict, write_record
+from nas.monitor import Monitor
+from nas.search_config import SearchConfig
+from search_spaces.base import KeptOps, SearchSpace
+from search_spaces.darts import DartsSpace, drop_weakest
+
+log = logging.getLogger("nas.search")
+SKIP_DROPOUT_DECAY = 0.2  # P-DARTS: rate * exp(-0.2 * epochs since the warm-up ended)
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss: the run stops and keeps its last good checkpoint."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("run.device=cuda but no CUDA device is visible; use run.device=cpu or auto")
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+
+
+def build_space(cfg: SearchConfig, data: ImageData) -> SearchSpace:
+    """The searched space for this dataset; refuses images too small for the two reduction cells."""
+    if data.size < 4:
+        raise UserError(f"{cfg.data.dataset} images are {data.size}x{data.size}, too small for 2 reduction "
+                        f"cells; use images of at least 4x4")
+    m = cfg.model
+    return DartsSpace(C=m.C, num_classes=data.num_classes, in_channels=data.in_channels, normal_ops=m.normal_ops,
+                      reduce_ops=m.reduce_ops, steps=m.steps, multiplier=m.multiplier,
+                      stem_multiplier=m.stem_multiplier, max_skip=m.max_skip, eval_C=m.eval_C,
+                      eval_layers=m.eval_layers)
+
+
+def skip_dropout_rate(rate: float, epoch: int, epochs: int, warmup: int) -> float:
+    """P-DARTS schedule: linear decay during the warm-up, exponential decay afterwards."""
+    if epoch < warmup:
+        return rate * (epochs - epoch - 1) / epochs
+    return rate * math.exp(-(epoch - warmup) * SKIP_DROPOUT_DECAY)
+
+
+@contextlib.contextmanager
+def batch_stat_eval(model: nn.Module) -> Iterator[None]:
+    """Evaluate a supernet path: no dropout, BatchNorm on batch statistics, running statistics untouched."""
+    was_training = model.training
+    model.eval()
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.train()
+        m.momentum = 0.0
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        model.train(was_training)
+
+
+class CyclingBatches:
+    """Endless batches from a loader whose sampler has set_epoch; its position is checkpointable."""
+
+    def __init__(self, loader: DataLoader, epoch: int = 0, pos: int = 0):
+        self.loader, self.epoch, self.pos = loader, epoch, pos
+        self._it: Iterator | None = None
+
+    def __next__(self):
+        if self._it is None:
+            self.loader.sampler.set_epoch(self.epoch, skip_batches=self.pos)
+            self._it = iter(self.loader)
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            self.epoch, self.pos = self.epoch + 1, 0
+            self.loader.sampler.set_epoch(self.epoch)
+            self._it = iter(self.loader)
+            batch = next(self._it)
+        self.pos += 1
+        return batch
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+
+@dataclass
+class Progress:
+    """Where the search is and what it has produced so far (all of it plain data)."""
+
+    stage: int = 0
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    elapsed: float = 0.0
+    kept_ops: KeptOps = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    sums: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "correct": 0.0, "count": 0.0})
+
+
+def build_controller(cfg: SearchConfig, shapes: dict[str, tuple[int, int]], stage: int,
+                     generator: torch.Generator) -> Controller:
+    if cfg.controller == "gradient":
+        return GradientController(shapes, cfg.gradient)
+    return ReinforceController(shapes, cfg.reinforce, stage, generator=generator)
+
+
+class StageRunner:
+    """One stage: a fresh supernet and controller over the stage's kept ops, trained epoch by epoch."""
+
+    def __init__(self, search: Search, stage: int, state: dict[str, Any] | None):
+        self.search, self.cfg, self.stage = search, search.cfg, stage
+        p = search.progress
+        if state is None:
+            seed_everything(self.cfg.run.seed + 1000 * (stage + 1))  # a stage repeats alone (--stage N)
+        self.model = search.space.build_supernet(p.kept_ops, self.cfg.stages.layers[stage]).to(search.device)
+        shapes = {g: (len(edges), len(edges[0])) for g, edges in p.kept_ops.items()}
+        self.generator = torch.Generator().manual_seed(self.cfg.run.seed + stage)
+        self.controller = build_controller(self.cfg, shapes, stage, self.generator).to(search.device)
+        o = self.cfg.optim
+        self.w_opt = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
+                                     weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.w_opt, T_max=self.cfg.stages.epochs[stage], eta_min=o.lr_min)
+        self.val_batches = CyclingBatches(search.val_loader)
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.controller.load_state_dict(state["controller"])
+            self.w_opt.load_state_dict(state["w_opt"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.generator.set_state(state["generator"])
+            self.val_batches = CyclingBatches(search.val_loader, **state["val_cursor"])
+        self.reward_fn = (make_reward_fn(search.space, p.kept_ops, self.controller.probs, self.cfg.reward, stage)
+                          if self.cfg.controller == "reinforce" else None)
+        self.separate = self.cfg.controller == "reinforce" and self.cfg.reinforce.mode == "separate"
+        self.skip_p = 0.0
+        if state is not None:  # last, so building this stage's modules does not shift the restored RNG
+            set_rng_state(state["rng"])
+
+    # ----- state -----
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "controller": self.controller.state_dict(),
+                "w_opt": self.w_opt.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "generator": self.generator.get_state(), "val_cursor": self.val_batches.state(),
+                "rng": rng_state()}
+
+    # ----- steps -----
+    def _batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        return x.to(self.search.device, non_blocking=True), y.to(self.search.device, non_blocking=True)
+
+    def _arch_step(self, train_batch, step: int) -> dict[str, float]:
+        ctx = ArchStepContext(model=self.model, criterion=F.cross_entropy, train_batch=train_batch,
+                              val_batch=self._batch(next(self.val_batches)), w_optimizer=self.w_opt,
+                              lr=self.scheduler.get_last_lr()[0], stage=self.stage, step=step,
+                              reward_fn=self.reward_fn)
+        ctx_manager = batch_stat_eval(self.model) if self.cfg.controller == "reinforce" else contextlib.nullcontext()
+        with ctx_manager:
+            metrics = self.controller.arch_step(ctx)
+        if not all(torch.isfinite(a).all() for a in self.controller.alphas.values()):
+            raise TrainingDiverged(self.search.where("architecture logits became non-finite"))
+        return metrics
+
+    def _weight_step(self, x: torch.Tensor, y: torch.Tensor, forward_kwargs: dict[str, Any]) -> torch.Tensor:
+        self.model.train()
+        self.w_opt.zero_grad(set_to_none=True)
+        logits = self.model(x, **forward_kwargs)
+        loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(self.search.where(f"loss became {loss.item()}"))
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.w_opt.step()
+        p = self.search.progress
+        p.sums["loss"] += loss.item() * len(y)
+        p.sums["correct"] += (logits.argmax(1) == y).sum().item()
+        p.sums["count"] += len(y)
+        return loss
+
+    def _weight_kwargs(self) -> dict[str, Any]:
+        if self.separate:
+            return {"path": {g: torch.randint(len(e[0]), (len(e),), generator=self.generator)
+                             for g, e in self.search.progress.kept_ops.items()}}
+        return self.controller.weight_forward_kwargs()
+
+    def _train_epoch(self, epoch: int) -> None:
+        p, search = self.search.progress, self.search
+        loader = search.train_loader
+        loader.sampler.set_epoch(epoch, skip_batches=p.step)
+        arch_on = epoch >= self.cfg.stages.warmup_epochs[self.stage] and not self.separate
+        for batch in search.monitor.progress(loader, total=len(loader), desc=f"stage {self.stage + 1} ep {epoch}"):
+            x, y = self._batch(batch)
+            if arch_on and p.step % self.controller.update_interval == 0:
+                metrics = self._arch_step((x, y), p.step)
+                search.log_arch_metrics(self.stage, metrics)
+            self._weight_step(x, y, self._weight_kwargs())
+            p.step += 1
+            p.global_step += 1
+            if p.global_step % self.cfg.run.log_every == 0:
+                search.monitor.arch(self.stage + 1, self.controller.probs(), p.kept_ops, p.global_step)
+            if self.cfg.run.checkpoint_every and p.global_step % self.cfg.run.checkpoint_every == 0:
+                search.checkpoint(self)
+
+    def _policy_epoch(self) -> None:
+        """Separate mode: policy updates on validation batches with the supernet frozen."""
+        p, search = self.search.progress, self.search
+        for _ in range(p.step, len(search.val_loader)):
+            metrics = self._arch_step(None, p.step)
+            search.log_arch_metrics(self.stage, metrics)
+            p.step += 1
+            p.global_step += 1
+            if self.cfg.run.checkpoint_every and p.global_step % self.cfg.run.checkpoint_every == 0:
+                search.checkpoint(self)
+
+    def evaluate(self, **forward_kwargs: Any) -> tuple[float, float]:
+        """Loss and top-1 (%) on the whole architecture half."""
+        total_loss, correct, count = 0.0, 0, 0
+        ctx = batch_stat_eval(self.model) if "path" in forward_kwargs else torch.no_grad()
+        if "weights" in forward_kwargs:
+            self.model.eval()
+        with ctx:
+            for x, y in self.search.val_eval_loader:
+                x, y = self._batch((x, y))
+                logits = self.model(x, **forward_kwargs)
+                total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += (logits.argmax(1) == y).sum().item()
+                count += len(y)
+        self.model.train()
+        return total_loss / count, 100.0 * correct / count
+
+    def _epoch_summary(self, epoch: int, phase_epochs: int) -> dict[str, float]:
+        p, search = self.search.progress, self.search
+        summary = {"train/loss": p.sums["loss"] / max(p.sums["count"], 1),
+                   "train/acc": 100.0 * p.sums["correct"] / max(p.sums["count"], 1),
+                   "lr/weights": self.scheduler.get_last_lr()[0], "skip_dropout": self.skip_p,
+                   "lr/arch": self.controller.optimizer.param_groups[0]["lr"]}
+        summary["val/loss"], summary["val/acc"] = self.evaluate(**self.controller.eval_forward_kwargs())
+        if self.cfg.controller == "reinforce":
+            argmin = {g: a.detach().argmin(-1) for g, a in self.controller.alphas.items()}
+            summary["reinforce/argmax_acc"] = summary["val/acc"]
+            summary["reinforce/argmin_acc"] = self.evaluate(path=argmin)[1]
+            summary["reinforce/best_recent_reward"] = self.controller.best_recent()[1]
+        search.monitor.stage_scalars(self.stage + 1, summary, p.global_step)
+        log.info("stage %d epoch %d/%d  train loss %.4f acc %.2f  val loss %.4f acc %.2f  lr %.5f  skip-p %.3f",
+                 self.stage + 1, epoch + 1, phase_epochs, summary["train/loss"], summary["train/acc"],
+                 summary["val/loss"], summary["val/acc"], summary["lr/weights"], summary["skip_dropout"])
+        return summary
+
+    def run(self) -> dict[str, float]:
+        """Train the stage from the progress position to its end; returns the last epoch's summary."""
+        p, st = self.search.progress, self.cfg.stages
+        epochs, warmup = st.epochs[self.stage], st.warmup_epochs[self.stage]
+        policy_epochs = epochs - warmup if self.separate else 0
+        summary: dict[str, float] = {}
+        while p.epoch < epochs + policy_epochs:
+            if p.epoch < epochs:
+                self.skip_p = skip_dropout_rate(st.skip_dropout[self.stage], p.epoch, epochs, warmup)
+                self.model.set_skip_dropout(self.skip_p)
+                self._train_epoch(p.epoch)
+                self.scheduler.step()
+            else:
+                self._policy_epoch()
+            summary = self._epoch_summary(p.epoch, epochs + policy_epochs)
+            p.epoch, p.step = p.epoch + 1, 0
+            p.sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+            self.search.checkpoint(self)
+        return summary
+
+
+class Search:
+    """A whole progressive search in one run directory."""
+
+    def __init__(self, cfg: SearchConfig, run_dir: Path, resume: bool = False, only_stage: int | None = None):
+        self.cfg, self.run_dir = cfg, run_dir
+        self.device = resolve_device(cfg.run.device)
+        data, self.train_loader, self.val_loader = search_loaders(cfg.data, cfg.run.seed)
+        self.val_eval_loader = DataLoader(torch.utils.data.Subset(data.dataset, list(self.val_loader.sampler.indices)),
+                                          batch_size=cfg.data.batch_size * 2)
+        self.space = build_space(cfg, data)
+        self.data = data
+        self.only_stage = only_stage
+        self.stage_state: dict[str, Any] | None = None
+        self.progress = Progress(kept_ops=self.space.initial_kept_ops())
+        if resume:
+            self._restore(load_checkpoint(run_dir, "search"))
+        elif only_stage is not None and only_stage > 0:
+            self._load_previous_stage(only_stage)
+        self.monitor = Monitor(run_dir / "tb", purge_step=self.progress.global_step if resume else None)
+
+    # ----- persistence -----
+    def _restore(self, state: dict[str, Any]) -> None:
+        p = state["progress"]
+        self.progress = Progress(**p)
+        self.stage_state = state["stage"]
+        self.only_stage = state.get("only_stage")
+
+    def _load_previous_stage(self, stage: int) -> None:
+        previous = self.run_dir / "stages" / f"stage{stage}.json"
+        if not previous.is_file():
+            raise UserError(f"--stage {stage + 1} needs {previous} from an earlier run of stage {stage} in this "
+                            f"run directory; run --stage {stage} first")
+        from nas.genotype import read_record
+
+        saved = read_record(previous)
+        self.progress = Progress(stage=stage, global_step=saved["global_step"], elapsed=saved["elapsed"],
+                                 kept_ops=saved["kept_after"], stages=saved["stages"])
+
+    def checkpoint(self, runner: StageRunner | None) -> None:
+        p = self.progress
+        state = {"config": to_dict(self.cfg), "progress": vars(p).copy(), "only_stage": self.only_stage,
+                 "stage": runner.state() if runner is not None else None}
+        state["progress"]["elapsed"] = p.elapsed + (time.time() - self._started)
+        save_checkpoint(self.run_dir, state, "search")
+
+    def where(self, what: str) -> str:
+        p = self.progress
+        return (f"{what} at stage {p.stage + 1}, epoch {p.epoch + 1}, step {p.step}; the last good checkpoint in "
+                f"{self.run_dir} is kept (lower optim.lr and resume with --resume {self.run_dir})")
+
+    def log_arch_metrics(self, stage: int, metrics: dict[str, float]) -> None:
+        """Controller scalars: `entropy` under arch/, everything a REINFORCE update reports under reinforce/."""
+        for key, value in metrics.items():
+            prefix = "arch/" if key == "entropy" else "reinforce/"
+            self.monitor.stage_scalars(stage + 1, {key: value}, self.progress.global_step, prefix=prefix)
+
+    # ----- the stage loop -----
+    def _finish_stage(self, runner: StageRunner, summary: dict[str, float]) -> None:
+        p, stage = self.progress, runner.stage
+        probs = runner.controller.probs()
+        genotype = self.space.derive(probs, p.kept_ops)
+        last = stage == self.cfg.num_stages - 1
+        kept_after = drop_weakest(probs, p.kept_ops, self.cfg.stages.keep[stage], drop_none_first=last)
+        entry: dict[str, Any] = {
+            "stage": stage + 1, "layers": self.cfg.stages.layers[stage], "epochs": self.cfg.stages.epochs[stage],
+            "kept_ops": p.kept_ops, "kept_after": kept_after,
+            "probabilities": {g: [[round(v, 6) for v in row] for row in t.tolist()] for g, t in probs.items()},
+            "genotype": genotype_dict(genotype), "genotype_str": str(genotype),
+            "params_M": round(self.space.params_millions(genotype), 4),
+            "val_acc": summary.get("val/acc"), "train_acc": summary.get("train/acc"),
+        }
+        if self.cfg.controller == "reinforce":
+            path, reward = runner.controller.best_recent()
+            entry["best_recent"] = {"ops": self._path_ops(path, p.kept_ops), "reward": reward}
+            entry["argmax_acc"] = summary.get("reinforce/argmax_acc")
+            entry["argmin_acc"] = summary.get("reinforce/argmin_acc")
+            self.monitor.text("stage{s}/reinforce/best_recent_arch", str(entry["best_recent"]), p.global_step,
+                              s=stage + 1)
+        p.stages.append(entry)
+        self.monitor.text("stage{s}/genotype", str(genotype), p.global_step, s=stage + 1)
+        self._draw_stage(stage, genotype)
+        log.info("stage %d done: %s (%.3fM params at eval scale)", stage + 1, genotype, entry["params_M"])
+        p.kept_ops, p.stage, p.epoch, p.step = kept_after, stage + 1, 0, 0
+        elapsed = p.elapsed + (time.time() - self._started)
+        stage_file = self.run_dir / "stages" / f"stage{stage + 1}.json"
+        stage_file.parent.mkdir(exist_ok=True)
+        write_record(stage_file, {"genotype": genotype_dict(genotype), "space": self.space.name,
+                                  "kept_after": kept_after, "stages": p.stages, "global_step": p.global_step,
+                                  "elapsed": elapsed})
+        self.checkpoint(None)
+
+    @staticmethod
+    def _path_ops(path: dict[str, torch.Tensor], kept_ops: KeptOps) -> dict[str, list[str]]:
+        return {g: [kept_ops[g][e][i] for e, i in enumerate(idx.tolist())] for g, idx in path.items()}
+
+    def _draw_stage(self, stage: int, genotype) -> None:
+        if not self.cfg.run.draw:
+            return
+        from nas.visualize import cell_image_array, plot_genotype
+
+        plot_genotype(genotype, self.run_dir / "stages" / f"stage{stage + 1}", fmt="png")
+        for cell in ("normal", "reduce"):
+            self.monitor.image("stage{s}/cell/{cell}", cell_image_array(genotype, cell), self.progress.global_step,
+                               s=stage + 1, cell=cell)
+
+    def run(self) -> dict[str, Any] | None:
+        """Run the remaining stages; returns the final record (None after a single non-final --stage)."""
+        self._started = time.time()
+        stop = self.cfg.num_stages if self.only_stage is None else self.only_stage + 1
+        while self.progress.stage < stop:
+            runner = StageRunner(self, self.progress.stage, self.stage_state)
+            self.stage_state = None
+            summary = runner.run()
+            self._finish_stage(runner, summary)
+        self.monitor.close()
+        if self.progress.stage < self.cfg.num_stages:
+            return None
+        return self._final_record()
+
+    def _final_record(self) -> dict[str, Any]:
+        p = self.progress
+        final = p.stages[-1]
+        from nas.genotype import genotype_from_dict
+
+        genotype = genotype_from_dict(final["genotype"])
+        record = make_record(
+            genotype, space=self.space.name, source=f"search {self.run_dir.name}",
+            search={"config": to_dict(self.cfg), "seed": self.cfg.run.seed, "controller": self.cfg.controller,
+                    "dataset": self.cfg.data.dataset, "stages": p.stages, "final_kept_ops": p.kept_ops,
+                    "wall_time_s": round(p.elapsed + (time.time() - self._started), 1)},
+            metrics={"params_M": final["params_M"]})
+        write_record(self.run_dir / "genotype.json", record)
+        return record

@@ -1,0 +1,95 @@
+"""Entry point of a progressive architecture search (also installed as `nas-search`).
+
+    python search.py -c experiments/quick_digits.yaml [--run-dir DIR] [--stage N] [--resume DIR]
+                     [--seed S] [--set section.key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from nas.config import load_config, to_dict
+from nas.errors import UserError, exit_on_user_error
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="P-DARTS style progressive search (gradient or REINFORCE).")
+    parser.add_argument("-c", "--config", help="YAML config (see experiments/); required unless --resume")
+    parser.add_argument("--run-dir", help="where the run writes (default: runs/<config>-<time>)")
+    parser.add_argument("--stage", type=int, help="run only stage N (1-based), from stage N-1's saved state")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    parser.add_argument("--seed", type=int, help="shortcut for --set run.seed=S")
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. --set stages.epochs=[2,2,2] data.batch_size=32")
+    return parser.parse_args(argv)
+
+
+def setup_logging(run_dir: Path) -> None:
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    logger = logging.getLogger("nas")
+    logger.setLevel(logging.INFO)
+    logger.handlers.clear()
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "search.log")):
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+
+
+def prepare(args: argparse.Namespace):
+    """Validate the command line and the config, and choose the run directory, before any work."""
+    from nas.checkpoint import load_checkpoint
+    from nas.config import build_dataclass
+    from nas.search_config import SearchConfig
+
+    if args.resume:
+        if args.config or args.overrides or args.stage is not None:
+            raise UserError("--resume continues a run with its saved config; drop -c, --set and --stage")
+        run_dir = Path(args.resume)
+        cfg = build_dataclass(SearchConfig, load_checkpoint(run_dir, "search")["config"])
+        cfg.validate()
+        return cfg, run_dir
+    if not args.config:
+        raise UserError("give a config with -c (for example -c experiments/quick_digits.yaml) or --resume RUN_DIR")
+    overrides = list(args.overrides) + ([f"run.seed={args.seed}"] if args.seed is not None else [])
+    cfg = load_config(SearchConfig, args.config, overrides)
+    if args.stage is not None and not 1 <= args.stage <= cfg.num_stages:
+        raise UserError(f"--stage must be between 1 and {cfg.num_stages}, got {args.stage}")
+    name = f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.run.out_dir) / name
+    return cfg, run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with exit_on_user_error():
+        cfg, run_dir = prepare(args)
+        from nas.search import Search, TrainingDiverged
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        setup_logging(run_dir)
+        only_stage = args.stage - 1 if args.stage is not None else None
+        search = Search(cfg, run_dir, resume=bool(args.resume), only_stage=only_stage)
+        try:
+            record = search.run()
+        except TrainingDiverged as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    if record is None:
+        print(f"stage {args.stage} done; run --stage {args.stage + 1} --run-dir {run_dir} to go on")
+    else:
+        from nas.genotype import genotype_from_dict
+
+        print(f"genotype: {genotype_from_dict(record['genotype'])}")
+        print(f"params at eval scale: {record['metrics']['params_M']:.3f}M")
+        print(f"run directory: {run_dir}  (record: {run_dir / 'genotype.json'}, "
+              f"TensorBoard: tensorboard --logdir {run_dir / 'tb'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
