@@ -27,7 +27,8 @@ from nas.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_eve
 from nas.config import to_dict
 from nas.data import ImageData, search_loaders
 from nas.errors import UserError
-from nas.genotype import make_record, to_dict as genotype_dict, write_record
+from nas.genotype import make_record, write_record
+from nas.genotype import to_dict as genotype_dict
 from nas.monitor import Monitor
 from nas.search_config import SearchConfig
 from search_spaces.base import KeptOps, SearchSpace
