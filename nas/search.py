@@ -27,8 +27,7 @@ from nas.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_eve
 from nas.config import to_dict
 from nas.data import ImageData, search_loaders
 from nas.errors import UserError
-from nas.genotype import make_record, write_record
-from nas.genotype import to_dict as genotype_dict
+from nas.genotype import genotype_from_dict, make_record, read_record, write_record
 from nas.monitor import Monitor
 from nas.search_config import SearchConfig
 from search_spaces.base import KeptOps, SearchSpace
@@ -326,8 +325,6 @@ class Search:
         if not previous.is_file():
             raise UserError(f"--stage {stage + 1} needs {previous} from an earlier run of stage {stage} in this "
                             f"run directory; run --stage {stage} first")
-        from nas.genotype import read_record
-
         saved = read_record(previous)
         self.progress = Progress(stage=stage, global_step=saved["global_step"], elapsed=saved["elapsed"],
                                  kept_ops=saved["kept_after"], stages=saved["stages"])
@@ -361,7 +358,7 @@ class Search:
             "stage": stage + 1, "layers": self.cfg.stages.layers[stage], "epochs": self.cfg.stages.epochs[stage],
             "kept_ops": p.kept_ops, "kept_after": kept_after,
             "probabilities": {g: [[round(v, 6) for v in row] for row in t.tolist()] for g, t in probs.items()},
-            "genotype": genotype_dict(genotype), "genotype_str": str(genotype),
+            "genotype": genotype.to_dict(), "genotype_str": str(genotype),
             "params_M": round(self.space.params_millions(genotype), 4),
             "val_acc": summary.get("val/acc"), "train_acc": summary.get("train/acc"),
         }
@@ -380,7 +377,7 @@ class Search:
         elapsed = p.elapsed + (time.time() - self._started)
         stage_file = self.run_dir / "stages" / f"stage{stage + 1}.json"
         stage_file.parent.mkdir(exist_ok=True)
-        write_record(stage_file, {"genotype": genotype_dict(genotype), "space": self.space.name,
+        write_record(stage_file, {"genotype": genotype.to_dict(), "space": self.space.name,
                                   "kept_after": kept_after, "stages": p.stages, "global_step": p.global_step,
                                   "elapsed": elapsed})
         self.checkpoint(None)
@@ -416,8 +413,6 @@ class Search:
     def _final_record(self) -> dict[str, Any]:
         p = self.progress
         final = p.stages[-1]
-        from nas.genotype import genotype_from_dict
-
         genotype = genotype_from_dict(final["genotype"])
         record = make_record(
             genotype, space=self.space.name, source=f"search {self.run_dir.name}",

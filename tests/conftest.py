@@ -1,0 +1,27 @@
+"""Shared fixtures: repository paths, the offline shared data, and a tiny search config."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# A search small enough for a test: 3 stages on digits, every op of the DARTS set in stage 1.
+TINY_SEARCH = [
+    "model.C=4", "stages.layers=[3,3,3]", "stages.epochs=[1,1,2]", "stages.warmup_epochs=[0,0,1]",
+    "data.batch_size=96", "run.log_every=2", "run.draw=false",
+]
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data, skipping the test with a clear reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared test data {path} is absent (it ships beside the repo as ../shared/data)")
+    return path

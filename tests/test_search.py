@@ -1,0 +1,113 @@
+"""The progressive search end to end on digits, its schedule, its record and its reproducibility."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ROOT, TINY_SEARCH
+
+import search
+from controllers.base import ArchStepContext
+from controllers.gradient import GradientConfig, GradientController
+from nas.data import DataConfig, search_loaders
+from nas.genotype import genotype_from_dict, read_record, validate_genotype
+from nas.search import CyclingBatches, skip_dropout_rate
+from search_spaces.darts import SearchNetwork
+from search_spaces.ops import DARTS_OPS
+
+QUICK = str(ROOT / "experiments" / "quick_digits.yaml")
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("search") / "full"
+    assert search.main(["-c", QUICK, "--run-dir", str(run_dir), "--set", *TINY_SEARCH]) == 0
+    return run_dir
+
+
+def test_search_writes_a_valid_record_with_the_stage_schedule(full_run):
+    record = read_record(full_run / "genotype.json")
+    genotype = genotype_from_dict(record["genotype"])
+    validate_genotype(genotype, steps=4, ops={"normal": set(DARTS_OPS) - {"none"}, "reduce": set(DARTS_OPS) - {"none"}})
+    stages = record["search"]["stages"]
+    assert [s["stage"] for s in stages] == [1, 2, 3]
+    for stage, searched, kept in zip(stages, (8, 5, 3), (5, 3, 1)):
+        for cell in ("normal", "reduce"):
+            assert len(stage["kept_ops"][cell]) == 14
+            assert {len(edge) for edge in stage["kept_ops"][cell]} == {searched}
+            assert {len(edge) for edge in stage["kept_after"][cell]} == {kept}
+            assert all(set(after) <= set(before) for before, after in
+                       zip(stage["kept_ops"][cell], stage["kept_after"][cell]))
+            probs = torch.tensor(stage["probabilities"][cell])
+            assert probs.shape == (14, searched)
+            assert torch.allclose(probs.sum(-1), torch.ones(14), atol=1e-4)
+    assert all("none" not in edge for edge in stages[2]["kept_after"]["normal"])  # none goes first at the end
+    assert record["metrics"]["params_M"] > 0 and record["search"]["seed"] == 0
+    assert sum(op == "skip_connect" for op, _ in genotype.normal) <= 2
+    assert (full_run / "stages" / "stage3.json").is_file() and (full_run / "checkpoint.pt").is_file()
+
+
+def test_per_stage_runs_repeat_the_full_run(full_run, tmp_path):
+    run_dir = tmp_path / "staged"
+    for stage in (1, 2, 3):
+        assert search.main(["-c", QUICK, "--run-dir", str(run_dir), "--stage", str(stage), "--set", *TINY_SEARCH]) == 0
+    full, staged = read_record(full_run / "genotype.json"), read_record(run_dir / "genotype.json")
+    assert staged["genotype"] == full["genotype"]
+    for a, b in zip(full["search"]["stages"], staged["search"]["stages"]):
+        assert a["probabilities"] == b["probabilities"] and a["train_acc"] == b["train_acc"]
+
+
+def test_stage_needs_the_previous_stage(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        search.main(["-c", QUICK, "--run-dir", str(tmp_path), "--stage", "2", "--set", *TINY_SEARCH])
+    assert exit_info.value.code == 2 and "run --stage 1 first" in capsys.readouterr().err
+
+
+def test_skip_dropout_schedule_follows_pdarts():
+    assert skip_dropout_rate(0.4, 0, 25, 10) == pytest.approx(0.4 * 24 / 25)
+    assert skip_dropout_rate(0.4, 10, 25, 10) == pytest.approx(0.4)
+    assert skip_dropout_rate(0.4, 15, 25, 10) == pytest.approx(0.4 * math.exp(-1.0))
+    assert skip_dropout_rate(0.0, 3, 25, 10) == 0.0
+
+
+def test_cycling_batches_resume_where_they_stopped():
+    _, _, val_loader = search_loaders(DataConfig(batch_size=100), seed=3)
+    first = CyclingBatches(val_loader)
+    for _ in range(9):  # past the end of one epoch (8 batches)
+        next(first)
+    state = first.state()
+    expected = [next(first)[1] for _ in range(3)]
+    resumed = CyclingBatches(val_loader, **state)
+    assert all(torch.equal(a, next(resumed)[1]) for a in expected)
+
+
+def _tiny_supernet_step(order: int):
+    torch.manual_seed(0)
+    kept = {g: [list(DARTS_OPS)] * 14 for g in ("normal", "reduce")}
+    model = SearchNetwork(4, 10, 3, 1, kept)
+    controller = GradientController({"normal": (14, 8), "reduce": (14, 8)}, GradientConfig(order=order, lr=0.1))
+    w_opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=3e-4)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(10, (8,))
+    F.cross_entropy(model(x, **controller.weight_forward_kwargs()), y).backward()
+    w_opt.step()  # fills the momentum buffers the virtual step uses
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ctx = ArchStepContext(model=model, criterion=F.cross_entropy, train_batch=(x, y),
+                          val_batch=(torch.randn(8, 1, 8, 8), torch.randint(10, (8,))), w_optimizer=w_opt, lr=0.05,
+                          stage=0, step=0)
+    alphas = {k: v.detach().clone() for k, v in controller.alphas.items()}
+    controller.arch_step(ctx)
+    grads = {k: v.grad.clone() for k, v in controller.alphas.items()}
+    return model, before, alphas, controller, grads
+
+
+def test_second_order_step_restores_weights_and_moves_alphas():
+    model, before, alphas, controller, grads2 = _tiny_supernet_step(order=2)
+    params = dict(model.named_parameters())
+    for name, value in params.items():
+        assert torch.allclose(value, before[name], atol=1e-6), name
+    assert all(not torch.equal(controller.alphas[g].detach(), alphas[g]) for g in alphas)
+    *_, grads1 = _tiny_supernet_step(order=1)
+    assert all(torch.isfinite(g).all() for g in grads2.values())
+    assert any(not torch.allclose(grads1[g], grads2[g]) for g in grads1)  # the unrolled term matters
