@@ -1,0 +1,519 @@
+"""DARTS / P-DARTS cell space: the search supernet, fixed networks built from a Genotype, derivation.
+
+Edges of a cell are ordered node by node: node 0's two inputs (c_{k-2}, c_{k-1}), node 1's three
+inputs (c_{k-2}, c_{k-1}, node 0), and so on; input index j >= 2 is intermediate node j-2.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas.errors import UserError
+from nas.genotype import Genotype
+from search_spaces.base import KeptOps, SearchSpace
+from search_spaces.ops import FactorizedReduce, Identity, PreActivated, ReLUConvBN, build_op, canonical_op_name, is_pool
+
+NONE = "none"
+SKIP = "skip_connect"
+GROUPS: tuple[str, ...] = ("normal", "reduce")
+
+# How a supernet edge runs one of its ops (decided once at build time).
+_NONE, _PRE, _SKIP, _PLAIN = range(4)
+
+Weights = dict[str, torch.Tensor]  # group -> [E, K] mixture weights
+Path = dict[str, torch.Tensor]  # group -> LongTensor[E], index into each edge's kept ops
+NodeSpec = list[list[tuple[str, int]]]  # per node, the (op, input index) pairs it sums
+
+
+class CellSpec(NamedTuple):
+    """A fixed cell: the (op, input) pairs of every node and the states concatenated at the output."""
+
+    nodes: NodeSpec
+    concat: list[int]
+
+
+# ----------------------------------------------------------------------------------------------
+# Layout shared by every network of this space
+# ----------------------------------------------------------------------------------------------
+
+def edges_per_cell(steps: int) -> int:
+    """Number of edges of a cell with `steps` intermediate nodes (14 for 4)."""
+    return sum(2 + i for i in range(steps))
+
+
+def _node_edges(steps: int) -> list[range]:
+    """Per node, the range of flat edge indices entering it (edge start + j reads input j)."""
+    ranges, start = [], 0
+    for i in range(steps):
+        ranges.append(range(start, start + 2 + i))
+        start += 2 + i
+    return ranges
+
+
+def _edge_stride(reduction: bool, input_index: int) -> int:
+    return 2 if reduction and input_index < 2 else 1
+
+
+class _CellDims(NamedTuple):
+    C_pp: int
+    C_p: int
+    C: int
+    reduction: bool
+    reduction_prev: bool
+
+
+def _layout(C: int, layers: int, stem_multiplier: int, out_multiplier: Callable[[bool], int]) -> list[_CellDims]:
+    """Channels of every cell: reductions at layers//3 and 2*layers//3 double C."""
+    C_pp = C_p = stem_multiplier * C
+    C_curr, reduction_prev, dims = C, False, []
+    for i in range(layers):
+        reduction = i in (layers // 3, 2 * layers // 3)
+        C_curr = 2 * C_curr if reduction else C_curr
+        dims.append(_CellDims(C_pp, C_p, C_curr, reduction, reduction_prev))
+        C_pp, C_p, reduction_prev = C_p, out_multiplier(reduction) * C_curr, reduction
+    return dims
+
+
+def _stem(in_channels: int, C_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, C_out, 3, padding=1, bias=False), nn.BatchNorm2d(C_out))
+
+
+def _check_positive(**values: int) -> None:
+    for key, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise UserError(f"{key} must be a positive integer, got {value!r}")
+
+
+class _Cell(nn.Module):
+    """Preprocessing of the two cell inputs to C channels (FactorizedReduce after a reduction)."""
+
+    def __init__(self, dims: _CellDims, affine: bool):
+        super().__init__()
+        if dims.reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(dims.C_pp, dims.C, affine)
+        else:
+            self.preprocess0 = ReLUConvBN(dims.C_pp, dims.C, 1, 1, 0, affine)
+        self.preprocess1 = ReLUConvBN(dims.C_p, dims.C, 1, 1, 0, affine)
+        self.reduction = dims.reduction
+        self.C = dims.C
+
+    def node_zeros(self, s: torch.Tensor) -> torch.Tensor:
+        """Zeros shaped like an intermediate node, for a node none of whose edges runs an op."""
+        n, _, h, w = s.shape
+        if self.reduction:
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return s.new_zeros(n, self.C, h, w)
+
+
+# ----------------------------------------------------------------------------------------------
+# Search supernet
+# ----------------------------------------------------------------------------------------------
+
+def _search_op(name: str, C: int, stride: int) -> nn.Module:
+    """A search op: affine=False, pools followed by BatchNorm(affine=False)."""
+    op = build_op(name, C, stride, affine=False)
+    if is_pool(name):
+        return nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+    return op
+
+
+def _op_kind(op: nn.Module, name: str) -> int:
+    if name == NONE:
+        return _NONE
+    if isinstance(op, Identity):
+        return _SKIP
+    return _PRE if isinstance(op, PreActivated) else _PLAIN
+
+
+class _SearchCell(_Cell):
+    """A cell whose edges hold their kept ops; runs their weighted mixture or one op per edge."""
+
+    def __init__(self, dims: _CellDims, kept: list[list[str]], steps: int, multiplier: int):
+        super().__init__(dims, affine=False)
+        self.multiplier = multiplier
+        self.nodes = [[(e, j) for j, e in enumerate(r)] for r in _node_edges(steps)]
+        strides = [_edge_stride(dims.reduction, j) for node in self.nodes for _, j in node]
+        self.edges = nn.ModuleList(
+            nn.ModuleList(_search_op(name, dims.C, stride) for name in names) for names, stride in zip(kept, strides)
+        )
+        # Plain Python views for the hot loops: (kind, op) per kept op, and the non-none ops with their index.
+        self._ops = [[(_op_kind(op, name), op) for op, name in zip(edge, names)]
+                     for edge, names in zip(self.edges, kept)]
+        self._active = [[(k, kind, op) for k, (kind, op) in enumerate(ops) if kind != _NONE] for ops in self._ops]
+
+    def forward_mixture(self, s0: torch.Tensor, s1: torch.Tensor, w: list[Sequence[torch.Tensor]],
+                        skip_p: float) -> torch.Tensor:
+        """Every node sums w[e][k] * op_k(input) over its edges' non-none kept ops, accumulated in place."""
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for node in self.nodes:
+            acc = None
+            for e, j in node:
+                x, relu_x, w_e = states[j], None, w[e]
+                for k, kind, op in self._active[e]:
+                    if kind == _PRE:
+                        relu_x = F.relu(x) if relu_x is None else relu_x
+                        y = op.body(relu_x)
+                    else:
+                        y = self._skip_dropout(op(x), skip_p) if kind == _SKIP else op(x)
+                    acc = y * w_e[k] if acc is None else acc.addcmul_(y, w_e[k])
+            states.append(self.node_zeros(states[1]) if acc is None else acc)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+    def forward_path(self, s0: torch.Tensor, s1: torch.Tensor, path: list[int], skip_p: float) -> torch.Tensor:
+        """Every node sums the chosen op of each of its edges; `none` edges cost nothing."""
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for node in self.nodes:
+            acc = None
+            for e, j in node:
+                kind, op = self._ops[e][path[e]]
+                if kind == _NONE:
+                    continue
+                y = self._skip_dropout(op(states[j]), skip_p) if kind == _SKIP else op(states[j])
+                acc = y if acc is None else acc + y
+            states.append(self.node_zeros(states[1]) if acc is None else acc)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+    def _skip_dropout(self, y: torch.Tensor, p: float) -> torch.Tensor:
+        return F.dropout(y, p, training=True) if p > 0 and self.training else y
+
+
+def _canonical_kept(kept_ops: KeptOps, steps: int) -> dict[str, list[list[str]]]:
+    """Validated kept ops in canonical spelling; every edge of a group keeps the same number of ops."""
+    n_edges = edges_per_cell(steps)
+    if sorted(kept_ops) != sorted(GROUPS):
+        raise UserError(f"kept_ops must have exactly the groups {list(GROUPS)}, got {sorted(kept_ops)}")
+    result = {}
+    for group in GROUPS:
+        edges = kept_ops[group]
+        if len(edges) != n_edges:
+            raise UserError(f"kept_ops[{group!r}] must list {n_edges} edges for steps={steps}, got {len(edges)}")
+        sizes = {len(names) for names in edges}
+        if len(sizes) != 1 or 0 in sizes:
+            raise UserError(f"every edge of kept_ops[{group!r}] must keep the same non-zero number of ops, got {sizes}")
+        result[group] = [[_canonical(name) for name in names] for names in edges]
+        if any(len(set(names)) != len(names) for names in result[group]):
+            raise UserError(f"kept_ops[{group!r}] lists an op twice on one edge; keep each op once per edge")
+    return result
+
+
+def _canonical(name: str) -> str:
+    try:
+        return canonical_op_name(name)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+class SearchNetwork(nn.Module):
+    """The DARTS search supernet over per-edge kept ops (P-DARTS masks), in mixture or single-path mode."""
+
+    def __init__(self, C: int, num_classes: int, layers: int, in_channels: int, kept_ops: KeptOps,
+                 steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3):
+        super().__init__()
+        _check_positive(C=C, num_classes=num_classes, layers=layers, in_channels=in_channels, steps=steps,
+                        multiplier=multiplier, stem_multiplier=stem_multiplier)
+        if multiplier > steps:
+            raise UserError(f"multiplier ({multiplier}) cannot exceed steps ({steps}): it counts concatenated nodes")
+        self.kept_ops = _canonical_kept(kept_ops, steps)
+        self.n_ops = {group: len(edges[0]) for group, edges in self.kept_ops.items()}
+        self.n_edges = edges_per_cell(steps)
+        self.skip_dropout = 0.0
+        dims = _layout(C, layers, stem_multiplier, lambda reduction: multiplier)
+        self.stem = _stem(in_channels, stem_multiplier * C)
+        self.cells = nn.ModuleList(
+            _SearchCell(d, self.kept_ops["reduce" if d.reduction else "normal"], steps, multiplier) for d in dims
+        )
+        self._groups = ["reduce" if d.reduction else "normal" for d in dims]
+        self.classifier = nn.Linear(multiplier * dims[-1].C, num_classes)
+
+    def set_skip_dropout(self, p: float) -> None:
+        """P-DARTS dropout rate after identity skip_connect ops (active in training mode only)."""
+        if not 0.0 <= p < 1.0:
+            raise UserError(f"skip dropout must be in [0, 1), got {p}")
+        self.skip_dropout = float(p)
+
+    def forward(self, x: torch.Tensor, weights: Weights | None = None, path: Path | None = None) -> torch.Tensor:
+        """Logits of the weighted mixture (`weights`) or of the single path (`path`); give exactly one."""
+        if (weights is None) == (path is None):
+            raise UserError("SearchNetwork.forward needs exactly one of weights= (mixture) or path= (single path)")
+        s0 = s1 = self.stem(x)
+        if weights is not None:
+            rows = {group: [row.unbind(0) for row in self._checked(weights, group).unbind(0)] for group in GROUPS}
+            for cell, group in zip(self.cells, self._groups):
+                s0, s1 = s1, cell.forward_mixture(s0, s1, rows[group], self.skip_dropout)
+        else:
+            choice = {group: self._path_list(path, group) for group in GROUPS}
+            for cell, group in zip(self.cells, self._groups):
+                s0, s1 = s1, cell.forward_path(s0, s1, choice[group], self.skip_dropout)
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(s1, 1), 1))
+
+    def _checked(self, weights: Weights, group: str) -> torch.Tensor:
+        w = weights[group]
+        if tuple(w.shape) != (self.n_edges, self.n_ops[group]):
+            raise UserError(f"weights[{group!r}] must have shape ({self.n_edges}, {self.n_ops[group]}), "
+                            f"got {tuple(w.shape)}")
+        return w
+
+    def _path_list(self, path: Path, group: str) -> list[int]:
+        choice = path[group].tolist()
+        if len(choice) != self.n_edges or not all(0 <= k < self.n_ops[group] for k in choice):
+            raise UserError(f"path[{group!r}] must hold {self.n_edges} op indices in [0, {self.n_ops[group]}), "
+                            f"got {choice}")
+        return choice
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixed networks: the eval network of a Genotype, and stand-alone children
+# ----------------------------------------------------------------------------------------------
+
+def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Zero whole samples with probability drop_prob and rescale the rest (DARTS drop path)."""
+    keep = 1.0 - drop_prob
+    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class _FixedCell(_Cell):
+    """A cell compiled from fixed (op, input) pairs per node."""
+
+    def __init__(self, dims: _CellDims, spec: CellSpec, affine: bool, pool_bn: bool):
+        super().__init__(dims, affine)
+        self.concat = list(spec.concat)
+        self.inputs = [[j for _, j in node] for node in spec.nodes]
+        self.node_ops = nn.ModuleList(
+            nn.ModuleList(self._op(name, dims.C, _edge_stride(dims.reduction, j), affine, pool_bn) for name, j in node)
+            for node in spec.nodes
+        )
+
+    @staticmethod
+    def _op(name: str, C: int, stride: int, affine: bool, pool_bn: bool) -> nn.Module:
+        op = build_op(name, C, stride, affine)
+        return nn.Sequential(op, nn.BatchNorm2d(C, affine=affine)) if pool_bn and is_pool(name) else op
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        drop = drop_prob > 0 and self.training
+        for inputs, ops in zip(self.inputs, self.node_ops):
+            acc = None
+            for j, op in zip(inputs, ops):
+                y = op(states[j])
+                y = drop_path(y, drop_prob) if drop and not isinstance(op, Identity) else y
+                acc = y if acc is None else acc + y
+            states.append(self.node_zeros(states[1]) if acc is None else acc)
+        return torch.cat([states[i] for i in self.concat], dim=1)
+
+
+class _AuxiliaryHead(nn.Module):
+    """DARTS CIFAR auxiliary head; maps that the 5x5/3 pool would not bring to 2x2 are pooled adaptively."""
+
+    def __init__(self, C: int, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(x)
+        h, w = x.shape[-2:]
+        if min(h, w) >= 5 and (h - 5) // 3 == 1 and (w - 5) // 3 == 1:
+            x = F.avg_pool2d(x, 5, stride=3, count_include_pad=False)
+        else:
+            x = F.adaptive_avg_pool2d(x, 2)
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def _genotype_specs(genotype: Genotype) -> dict[str, CellSpec]:
+    """Per cell type, the node specs of a genotype (two pairs per node), validated."""
+    specs = {}
+    for group in GROUPS:
+        pairs, concat = getattr(genotype, group), list(getattr(genotype, f"{group}_concat"))
+        if not pairs or len(pairs) % 2:
+            raise UserError(f"genotype.{group} must list two (op, input) pairs per node, got {len(pairs)} pairs")
+        nodes = [[(_canonical(name), int(j)) for name, j in pairs[i:i + 2]] for i in range(0, len(pairs), 2)]
+        specs[group] = CellSpec(nodes, concat)
+    return specs
+
+
+def _check_spec(group: str, spec: CellSpec) -> None:
+    for i, node in enumerate(spec.nodes):
+        if any(not 0 <= j < 2 + i for _, j in node):
+            raise UserError(f"{group} node {i} reads input {[j for _, j in node]}; inputs must be in [0, {2 + i})")
+    if not spec.concat or any(not 0 <= j < 2 + len(spec.nodes) for j in spec.concat):
+        raise UserError(f"{group} concat {spec.concat} must name states in [0, {2 + len(spec.nodes)})")
+
+
+class FixedNetwork(nn.Module):
+    """Stem, a stack of fixed cells (reductions at layers//3 and 2*layers//3), pool and classifier.
+
+    `drop_path_prob` (set by the trainer) drops the non-identity op outputs of every cell in training.
+    """
+
+    def __init__(self, specs: dict[str, CellSpec], C: int, num_classes: int, layers: int, in_channels: int,
+                 auxiliary: bool = False, affine: bool = True, pool_bn: bool = False, stem_multiplier: int = 3):
+        super().__init__()
+        _check_positive(C=C, num_classes=num_classes, layers=layers, in_channels=in_channels,
+                        stem_multiplier=stem_multiplier)
+        for group in GROUPS:
+            _check_spec(group, specs[group])
+        dims = _layout(C, layers, stem_multiplier, lambda reduction: len(specs[_group(reduction)].concat))
+        self.drop_path_prob = 0.0
+        self.stem = _stem(in_channels, stem_multiplier * C)
+        self.cells = nn.ModuleList(_FixedCell(d, specs[_group(d.reduction)], affine, pool_bn) for d in dims)
+        self.aux_index = 2 * layers // 3
+        aux_channels = _out_channels(dims[min(self.aux_index, layers - 1)], specs)
+        self.auxiliary_head = _AuxiliaryHead(aux_channels, num_classes) if auxiliary else None
+        self.classifier = nn.Linear(_out_channels(dims[-1], specs), num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, auxiliary logits in training with an auxiliary head, else None)."""
+        s0 = s1 = self.stem(x)
+        aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == self.aux_index and self.auxiliary_head is not None and self.training:
+                aux = self.auxiliary_head(s1)
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(s1, 1), 1)), aux
+
+
+def _group(reduction: bool) -> str:
+    return "reduce" if reduction else "normal"
+
+
+def _out_channels(dims: _CellDims, specs: dict[str, CellSpec]) -> int:
+    return len(specs[_group(dims.reduction)].concat) * dims.C
+
+
+class NetworkEval(FixedNetwork):
+    """The DARTS eval network of a Genotype: affine ops, no BN after pools, optional auxiliary head."""
+
+    def __init__(self, genotype: Genotype, C: int, num_classes: int, layers: int, in_channels: int, auxiliary: bool):
+        super().__init__(_genotype_specs(genotype), C, num_classes, layers, in_channels, auxiliary=auxiliary)
+
+
+@functools.cache
+def _op_params(name: str, C: int, stride: int) -> int:
+    """Parameters of one eval op (affine=True); each (op, C, stride) is built once."""
+    return sum(p.numel() for p in build_op(name, C, stride, affine=True).parameters())
+
+
+def eval_param_count(genotype: Genotype, C: int = 36, layers: int = 20, num_classes: int = 10,
+                     in_channels: int = 3) -> int:
+    """Parameters of NetworkEval(genotype) without its auxiliary head, from a per-op table (no model built)."""
+    specs = _genotype_specs(genotype)
+    for group in GROUPS:
+        _check_spec(group, specs[group])
+    dims = _layout(C, layers, 3, lambda reduction: len(specs[_group(reduction)].concat))
+    total = in_channels * 3 * C * 9 + 2 * 3 * C  # stem conv + BN
+    for d in dims:
+        total += (d.C_pp + d.C_p) * d.C + 4 * d.C  # two 1x1 preprocess convs (or FactorizedReduce) + BNs
+        nodes = specs[_group(d.reduction)].nodes
+        total += sum(_op_params(name, d.C, _edge_stride(d.reduction, j)) for node in nodes for name, j in node)
+    final = _out_channels(dims[-1], specs)
+    return total + final * num_classes + num_classes
+
+
+# ----------------------------------------------------------------------------------------------
+# Derivation and op dropping
+# ----------------------------------------------------------------------------------------------
+
+def _derive_cell(scores: list[list[float]], kept: list[list[str]], steps: int,
+                 group: str) -> list[tuple[str, int, int]]:
+    """Per node the two edges with the strongest non-none op, each with that op: (op, input, edge)."""
+    gene = []
+    for i, edges in enumerate(_node_edges(steps)):
+        best = []
+        for e in edges:
+            options = [(scores[e][k], k) for k, name in enumerate(kept[e]) if name != NONE]
+            best.append(max(options, key=lambda o: o[0], default=None))
+        usable = [j for j in range(len(edges)) if best[j] is not None]
+        if len(usable) < 2:
+            raise UserError(f"{group} node {i} has fewer than two edges with a non-none op; keep a non-none op "
+                            "on every edge before deriving")
+        for j in sorted(usable, key=lambda j: -best[j][0])[:2]:
+            e = edges[j]
+            gene.append((kept[e][best[j][1]], j, e))
+    return gene
+
+
+def derive_genotype(scores: dict[str, torch.Tensor], kept_ops: KeptOps, steps: int = 4, multiplier: int = 4,
+                    max_skip: int | None = 2) -> Genotype:
+    """Top-2 edges per node and their best non-none op; the normal cell keeps at most max_skip skip_connects."""
+    kept = _canonical_kept(kept_ops, steps)
+    table = {group: scores[group].detach().double().cpu().tolist() for group in GROUPS}
+    normal = _derive_cell(table["normal"], kept["normal"], steps, "normal")
+    while max_skip is not None and sum(name == SKIP for name, _, _ in normal) > max_skip:
+        skips = [(table["normal"][e][kept["normal"][e].index(SKIP)], e) for name, _, e in normal if name == SKIP]
+        score, e = min(skips)
+        if score <= 0:
+            break  # every remaining selected skip is already at zero: nothing left to restrict
+        table["normal"][e][kept["normal"][e].index(SKIP)] = 0.0
+        normal = _derive_cell(table["normal"], kept["normal"], steps, "normal")
+    reduce = _derive_cell(table["reduce"], kept["reduce"], steps, "reduce")
+    concat = list(range(2 + steps - multiplier, 2 + steps))
+    return Genotype(normal=[(name, j) for name, j, _ in normal], normal_concat=concat,
+                    reduce=[(name, j) for name, j, _ in reduce], reduce_concat=list(concat))
+
+
+def drop_weakest(probs: dict[str, torch.Tensor], kept_ops: KeptOps, n_keep: int, drop_none_first: bool) -> KeptOps:
+    """Per edge keep the n_keep most probable ops in their original order (P-DARTS op dropping)."""
+    if n_keep < 1:
+        raise UserError(f"n_keep must be at least 1, got {n_keep}")
+    result: KeptOps = {}
+    for group, edges in kept_ops.items():
+        table = probs[group].detach().double().cpu().tolist()
+        result[group] = []
+        for e, names in enumerate(edges):
+            candidates = [k for k, name in enumerate(names) if not (drop_none_first and name == NONE)]
+            if n_keep > len(candidates):
+                raise UserError(f"cannot keep {n_keep} ops on {group} edge {e}: it has {len(candidates)} candidates")
+            keep = sorted(sorted(candidates, key=lambda k: -table[e][k])[:n_keep])
+            result[group].append([names[k] for k in keep])
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# The space
+# ----------------------------------------------------------------------------------------------
+
+class DartsSpace(SearchSpace):
+    """The DARTS cell space with per-group candidate ops (normal and reduce sets may differ)."""
+
+    name = "darts"
+
+    def __init__(self, C: int, num_classes: int, in_channels: int, normal_ops: list[str], reduce_ops: list[str],
+                 steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3, max_skip: int | None = 2,
+                 eval_C: int = 36, eval_layers: int = 20):
+        _check_positive(C=C, num_classes=num_classes, in_channels=in_channels, steps=steps, multiplier=multiplier,
+                        stem_multiplier=stem_multiplier, eval_C=eval_C, eval_layers=eval_layers)
+        if max_skip is not None and max_skip < 0:
+            raise UserError(f"max_skip must be >= 0 or None (no restriction), got {max_skip}")
+        self.C, self.num_classes, self.in_channels = C, num_classes, in_channels
+        self.steps, self.multiplier, self.stem_multiplier = steps, multiplier, stem_multiplier
+        self.max_skip, self.eval_C, self.eval_layers = max_skip, eval_C, eval_layers
+        self.candidates = {"normal": self._ops("normal_ops", normal_ops), "reduce": self._ops("reduce_ops", reduce_ops)}
+
+    @staticmethod
+    def _ops(key: str, names: list[str]) -> list[str]:
+        ops = [_canonical(name) for name in names]
+        if not ops or len(set(ops)) != len(ops):
+            raise UserError(f"{key} must list at least one op, each once; got {list(names)}")
+        return ops
+
+    def initial_kept_ops(self) -> KeptOps:
+        n = edges_per_cell(self.steps)
+        return {group: [list(ops) for _ in range(n)] for group, ops in self.candidates.items()}
+
+    def build_supernet(self, kept_ops: KeptOps, layers: int) -> SearchNetwork:
+        return SearchNetwork(self.C, self.num_classes, layers, self.in_channels, kept_ops, self.steps,
+                             self.multiplier, self.stem_multiplier)
+
+    def derive(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps) -> Genotype:
+        return derive_genotype(probs, kept_ops, self.steps, self.multiplier, self.max_skip)
+
+    def params_millions(self, arch: Genotype) -> float:
+        return eval_param_count(arch, self.eval_C, self.eval_layers, self.num_classes, self.in_channels) / 1e6
