@@ -1,0 +1,69 @@
+"""The parameter-penalised reward and the search's reward function."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from controllers.reward import RewardConfig, make_reward_fn, param_penalty_reward
+from nas.errors import UserError
+from search_spaces.base import KeptOps, SearchSpace
+
+
+def test_formula_on_known_numbers() -> None:
+    assert param_penalty_reward(0.9, 3.2, 6.4, -0.5) == pytest.approx(0.9 * 2 ** 0.5)
+    assert param_penalty_reward(0.8, 8.0, 4.0, -1.0) == pytest.approx(0.4)
+    assert param_penalty_reward(0.8, 4.0, 4.0, -0.45) == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("params_m", [0.5, 3.3, 12.0])
+def test_alpha_zero_gives_the_accuracy(params_m: float) -> None:
+    assert param_penalty_reward(0.73, params_m, 6.4, 0.0) == 0.73
+
+
+class _FakeSpace(SearchSpace):
+    """derive: per group the op chosen on every edge and that op's score; params: 1 + 0.5 per op index."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.scores: list[dict[str, torch.Tensor]] = []
+
+    def initial_kept_ops(self) -> KeptOps:
+        return {"normal": [["a", "b", "c"]] * 2}
+
+    def build_supernet(self, kept_ops: KeptOps, layers: int) -> Any:
+        raise NotImplementedError
+
+    def derive(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps) -> Any:
+        self.scores.append(probs)
+        return [kept_ops["normal"][e][k] for e, k in enumerate(probs["normal"].argmax(dim=-1).tolist())]
+
+    def params_millions(self, arch: Any) -> float:
+        return 1.0 + sum(0.5 * "abc".index(op) for op in arch)
+
+
+def test_make_reward_fn_derives_the_sampled_path_and_penalises_it() -> None:
+    space = _FakeSpace()
+    probs = {"normal": torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])}
+    cfg = RewardConfig(alpha=[0.0, -1.0], p_base=[1.0, 2.0])
+    reward_fn = make_reward_fn(space, space.initial_kept_ops(), lambda: probs, cfg, stage=1)
+    reward, params_m = reward_fn({"normal": torch.tensor([2, 1])}, 0.8)
+    torch.testing.assert_close(space.scores[-1]["normal"], torch.tensor([[0.0, 0.0, 0.3], [0.0, 0.1, 0.0]]))
+    assert params_m == pytest.approx(1.0 + 1.0 + 0.5)
+    assert reward == pytest.approx(0.8 * (2.5 / 2.0) ** -1.0)
+    unpenalised = make_reward_fn(space, space.initial_kept_ops(), lambda: probs, cfg, stage=0)
+    assert unpenalised({"normal": torch.tensor([2, 1])}, 0.8) == (pytest.approx(0.8), pytest.approx(2.5))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"alpha": [0.0, -0.2]}, "reward.alpha has 2 values but the search has 3 stages"),
+    ({"p_base": [1.0]}, "reward.p_base has 1 values but the search has 3 stages"),
+    ({"alpha": [-0.45, 0.25, -0.2]}, "reward.alpha values must be <= 0"),
+    ({"p_base": [6.4, 0.0, 4.4]}, "reward.p_base values must be > 0"),
+])
+def test_config_validation(change: dict, message: str) -> None:
+    RewardConfig(alpha=[-0.45, -0.25, -0.2], p_base=[6.4, 5.4, 4.4]).validate(3)
+    with pytest.raises(UserError, match=message):
+        RewardConfig(**change).validate(3)
