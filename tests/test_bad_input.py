@@ -29,8 +29,8 @@ def _one_line_exit_2(entry, argv, capsys) -> str:
 
 
 @pytest.mark.parametrize("genotype, message", [
-    (GOOD[:60], "not a valid Genotype"),
-    ("__import__('os').system('x')", "Genotype"),
+    (GOOD[:60], "not valid syntax"),
+    ("__import__('os').system('x')", "attribute access is not allowed"),
     (GOOD.replace("'dil_conv_3x3', 2", "'sep_conv_9x9', 2"), "sep_conv_9x9"),
     (GOOD.replace("('dil_conv_3x3', 2)", "('dil_conv_3x3', 7)"), "out of range"),
     ("NO_SUCH_GENOTYPE", "DARTS_V2"),
