@@ -77,8 +77,7 @@ def batch_stat_eval(model: nn.Module) -> Iterator[None]:
         m.train()
         m.momentum = 0.0
     try:
-        with torch.no_grad():
-            yield
+        yield
     finally:
         for m, momentum in zip(norms, saved):
             m.momentum = momentum
@@ -159,7 +158,7 @@ class StageRunner:
         self.reward_fn = (make_reward_fn(search.space, p.kept_ops, self.controller.probs, self.cfg.reward, stage)
                           if self.cfg.controller == "reinforce" else None)
         self.separate = self.cfg.controller == "reinforce" and self.cfg.reinforce.mode == "separate"
-        self.skip_p = 0.0
+        self.skip_p, self.epoch_lr = 0.0, self.scheduler.get_last_lr()[0]
         if state is not None:  # last, so building this stage's modules does not shift the restored RNG
             set_rng_state(state["rng"])
 
@@ -241,10 +240,10 @@ class StageRunner:
     def evaluate(self, **forward_kwargs: Any) -> tuple[float, float]:
         """Loss and top-1 (%) on the whole architecture half."""
         total_loss, correct, count = 0.0, 0, 0
-        ctx = batch_stat_eval(self.model) if "path" in forward_kwargs else torch.no_grad()
+        mode = batch_stat_eval(self.model) if "path" in forward_kwargs else contextlib.nullcontext()
         if "weights" in forward_kwargs:
             self.model.eval()
-        with ctx:
+        with mode, torch.no_grad():
             for x, y in self.search.val_eval_loader:
                 x, y = self._batch((x, y))
                 logits = self.model(x, **forward_kwargs)
@@ -258,14 +257,16 @@ class StageRunner:
         p, search = self.search.progress, self.search
         summary = {"train/loss": p.sums["loss"] / max(p.sums["count"], 1),
                    "train/acc": 100.0 * p.sums["correct"] / max(p.sums["count"], 1),
-                   "lr/weights": self.scheduler.get_last_lr()[0], "skip_dropout": self.skip_p,
+                   "lr/weights": self.epoch_lr, "skip_dropout": self.skip_p,
                    "lr/arch": self.controller.optimizer.param_groups[0]["lr"]}
         summary["val/loss"], summary["val/acc"] = self.evaluate(**self.controller.eval_forward_kwargs())
         if self.cfg.controller == "reinforce":
             argmin = {g: a.detach().argmin(-1) for g, a in self.controller.alphas.items()}
             summary["reinforce/argmax_acc"] = summary["val/acc"]
             summary["reinforce/argmin_acc"] = self.evaluate(path=argmin)[1]
-            summary["reinforce/best_recent_reward"] = self.controller.best_recent()[1]
+            best = self.controller.best_recent()
+            if best is not None:  # None until the first policy update
+                summary["reinforce/best_recent_reward"] = best[1]
         search.monitor.stage_scalars(self.stage + 1, summary, p.global_step)
         log.info("stage %d epoch %d/%d  train loss %.4f acc %.2f  val loss %.4f acc %.2f  lr %.5f  skip-p %.3f",
                  self.stage + 1, epoch + 1, phase_epochs, summary["train/loss"], summary["train/acc"],
@@ -283,6 +284,7 @@ class StageRunner:
                 self.skip_p = skip_dropout_rate(st.skip_dropout[self.stage], p.epoch, epochs, warmup)
                 self.model.set_skip_dropout(self.skip_p)
                 self._train_epoch(p.epoch)
+                self.epoch_lr = self.scheduler.get_last_lr()[0]  # the rate this epoch trained with
                 self.scheduler.step()
             else:
                 self._policy_epoch()
@@ -363,8 +365,9 @@ class Search:
             "val_acc": summary.get("val/acc"), "train_acc": summary.get("train/acc"),
         }
         if self.cfg.controller == "reinforce":
-            path, reward = runner.controller.best_recent()
-            entry["best_recent"] = {"ops": self._path_ops(path, p.kept_ops), "reward": reward}
+            best = runner.controller.best_recent()
+            entry["best_recent"] = None if best is None else {"ops": self._path_ops(best[0], p.kept_ops),
+                                                              "reward": best[1]}
             entry["argmax_acc"] = summary.get("reinforce/argmax_acc")
             entry["argmin_acc"] = summary.get("reinforce/argmin_acc")
             self.monitor.text("stage{s}/reinforce/best_recent_arch", str(entry["best_recent"]), p.global_step,

@@ -96,9 +96,11 @@ class SearchConfig:
             raise UserError(f"run.device must be auto, cpu or cuda, got {self.run.device!r}")
         if self.run.checkpoint_every < 0 or self.run.log_every <= 0:
             raise UserError("run.checkpoint_every must be >= 0 and run.log_every positive")
-        self.gradient.validate()
-        self.reinforce.validate(self.num_stages)
-        self.reward.validate(self.num_stages)
+        if self.controller == "gradient":
+            self.gradient.validate()
+        else:
+            self.reinforce.validate(self.num_stages)
+            self.reward.validate(self.num_stages)
 
     def _validate_model(self) -> None:
         m = self.model
