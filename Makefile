@@ -9,7 +9,6 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
