@@ -2,6 +2,7 @@
 
 Tags are grouped per stage (`stage1/...`) because the meaning of an edge's op indices changes when
 a stage drops ops. The step axis is the global weight-step count of the whole search.
+`python -m nas.monitor` prints the tag table of the README's Monitoring section.
 """
 from __future__ import annotations
 
@@ -13,42 +14,74 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-# Every scalar tag, with {s} the stage (1-based), {cell} normal|reduce, {e} the edge, {op} an op name.
+# Every tag, with {s} the stage (1-based), {cell} normal|reduce, {e} the edge (00..13), {op} an op name.
 TAGS: dict[str, str] = {
-    "stage{s}/{cell}/argmax/edge_{e}": "index (in the stage's kept ops) of the most probable op: index convergence",
-    "stage{s}/{cell}/prob/edge_{e}/{op}": "softmax weight of each kept op on each edge",
-    "stage{s}/train/loss": "supernet training loss (weight steps, running mean over the epoch)",
-    "stage{s}/train/acc": "supernet training top-1 (%)",
+    "stage{s}/{cell}/argmax/edge_{e}": "index (in the edge's kept ops) of the most probable op; a flat line means the "
+                                       "edge has decided, every edge on one op early is rich-get-richer",
+    "stage{s}/{cell}/prob/edge_{e}/{op}": "softmax weight of each kept op on each edge; pool or skip curves rising on "
+                                          "most edges is pool/skip domination",
+    "stage{s}/train/loss": "supernet training loss (running mean over the epoch's weight steps)",
+    "stage{s}/train/acc": "supernet training top-1 (%, running mean over the epoch)",
     "stage{s}/val/loss": "supernet validation loss on the architecture half, end of epoch",
-    "stage{s}/val/acc": "supernet validation top-1 (%), end of epoch",
-    "stage{s}/lr/weights": "learning rate of the weight optimizer",
+    "stage{s}/val/acc": "supernet validation top-1 (%) on the architecture half, end of epoch (gradient: the "
+                        "mixture, REINFORCE: the argmax path)",
+    "stage{s}/lr/weights": "learning rate of the weight optimizer (cosine per stage)",
     "stage{s}/lr/arch": "learning rate of the architecture optimizer",
     "stage{s}/skip_dropout": "P-DARTS dropout rate on identity skip connections",
-    "stage{s}/arch/entropy": "mean entropy of the per-edge op distributions (nats)",
-    "stage{s}/reinforce/reward_mean": "mean reward of the samples of one policy update",
+    "stage{s}/arch/entropy": "mean entropy of the per-edge op distributions (nats); ln(ops) is undecided, "
+                             "a fast fall to 0 is an early commitment",
+    "stage{s}/reinforce/reward_mean": "mean reward of the samples of one policy update (accuracy 0..1 times the "
+                                      "size penalty); flat while the baseline matches it is a stuck policy",
     "stage{s}/reinforce/reward_max": "best reward of the samples of one policy update",
-    "stage{s}/reinforce/baseline": "EMA reward baseline",
-    "stage{s}/reinforce/iw_mean": "mean importance weight pi/mu (after truncation)",
+    "stage{s}/reinforce/baseline": "EMA reward baseline the advantages are taken against",
+    "stage{s}/reinforce/iw_mean": "mean importance weight pi/mu (after truncation); near 0 means the off-policy "
+                                  "updates vanish",
     "stage{s}/reinforce/iw_max": "largest importance weight pi/mu (after truncation)",
-    "stage{s}/reinforce/acc_mean": "mean validation accuracy of the sampled paths",
+    "stage{s}/reinforce/acc_mean": "mean accuracy (0..1) of the sampled paths on one validation batch",
     "stage{s}/reinforce/params_mean": "mean eval-scale parameters (M) of the sampled architectures",
-    "stage{s}/reinforce/flops_mean": "mean eval-scale FLOPs (M) of the sampled architectures",
-    "stage{s}/reinforce/best_recent_reward": "max reward among the last N samples",
-    "stage{s}/reinforce/argmax_acc": "validation top-1 of the argmax architecture (%), end of epoch",
-    "stage{s}/reinforce/argmin_acc": "validation top-1 of the argmin architecture (%), end of epoch",
+    "stage{s}/reinforce/flops_mean": "mean eval-scale FLOPs (M multiply-adds, thop) of the sampled architectures at "
+                                     "the dataset's image size",
+    "stage{s}/reinforce/best_recent_reward": "max reward among the last N samples, end of epoch",
+    "stage{s}/reinforce/argmax_acc": "validation top-1 (%) of the argmax architecture, end of epoch",
+    "stage{s}/reinforce/argmin_acc": "validation top-1 (%) of the argmin architecture, end of epoch; close to "
+                                     "argmax_acc means the supernet does not tell paths apart",
 }
 TEXT_TAGS: dict[str, str] = {
-    "stage{s}/reinforce/best_recent_arch": "the max-reward architecture among the last N samples",
+    "stage{s}/reinforce/best_recent_arch": "the max-reward architecture among the last N samples (ops per edge)",
     "stage{s}/genotype": "the genotype derived at the end of the stage",
 }
 IMAGE_TAGS: dict[str, str] = {
     "stage{s}/cell/{cell}": "graphviz drawing of the stage's derived normal and reduce cells",
 }
 
+TAG_KINDS: dict[str, dict[str, str]] = {"scalar": TAGS, "text": TEXT_TAGS, "image": IMAGE_TAGS}
+
+
+def edge_field(e: int) -> str:
+    """The `{e}` field of an edge's tags: two digits, so TensorBoard sorts edges in order."""
+    return f"{e:02d}"
+
+
+def tag_mode(template: str) -> str:
+    """Which searches write a tag: `reinforce` for the REINFORCE-only tags, `all` for the others."""
+    return "reinforce" if "/reinforce/" in template else "all"
+
+
+def tag_table_markdown() -> str:
+    """The README table of every documented tag: template, kind, which searches write it, what it tells."""
+    rows = ["| tag | kind | written by | what it tells |", "|---|---|---|---|"]
+    for kind, table in TAG_KINDS.items():
+        for template, meaning in table.items():
+            mode = "REINFORCE searches" if tag_mode(template) == "reinforce" else "every search"
+            if kind == "image":
+                mode += " with `run.draw` and graphviz"
+            rows.append(f"| `{template}` | {kind} | {mode} | {meaning} |")
+    return "\n".join(rows)
+
 
 def tag(template: str, **fields: Any) -> str:
     """Fill a documented tag template; refuses templates that are not in the tag tables."""
-    if template not in TAGS and template not in TEXT_TAGS and template not in IMAGE_TAGS:
+    if not any(template in table for table in TAG_KINDS.values()):
         raise KeyError(f"undocumented tag {template!r}: add it to nas.monitor.TAGS first")
     return template.format(**fields)
 
@@ -79,7 +112,7 @@ class Monitor:
             return
         for cell, p in probs.items():
             for e, (row, ops) in enumerate(zip(p.tolist(), kept_ops[cell])):
-                edge = f"{e:02d}"
+                edge = edge_field(e)
                 self.scalar("stage{s}/{cell}/argmax/edge_{e}", max(range(len(row)), key=row.__getitem__), step,
                             s=stage, cell=cell, e=edge)
                 for op, value in zip(ops, row):
@@ -102,3 +135,7 @@ class Monitor:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+if __name__ == "__main__":
+    print(tag_table_markdown())

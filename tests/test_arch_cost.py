@@ -1,0 +1,35 @@
+"""The table-based FLOPs count of eval networks equals thop on the built networks."""
+from __future__ import annotations
+
+import pytest
+
+from nas.arch_cost import eval_flops_millions, space_flops_millions
+from nas.genotype import load_genotype, shipped_genotype_names
+from nas.metrics import flops_millions
+from search_spaces.darts import DartsSpace, NetworkEval
+from search_spaces.ops import DARTS_OPS
+
+
+@pytest.mark.parametrize("name", shipped_genotype_names())
+def test_table_flops_match_thop_on_the_cifar_eval_network(name: str) -> None:
+    genotype = load_genotype(name)
+    built = flops_millions(NetworkEval(genotype, 36, 10, 20, 3, auxiliary=False), (1, 3, 32, 32))
+    assert eval_flops_millions(genotype, C=36, layers=20, num_classes=10, in_channels=3, size=32) == pytest.approx(
+        built, rel=5e-3)
+
+
+@pytest.mark.parametrize("size", [7, 8, 9])
+def test_table_flops_match_thop_on_small_odd_inputs(size: int) -> None:
+    """Odd sizes exercise the ceil halving of stride-2 ops, FactorizedReduce padding and 1x1 deep maps."""
+    genotype = load_genotype("PC_DARTS")
+    built = flops_millions(NetworkEval(genotype, 6, 10, 8, 1, auxiliary=False), (1, 1, size, size))
+    assert eval_flops_millions(genotype, C=6, layers=8, num_classes=10, in_channels=1, size=size) == pytest.approx(
+        built, rel=5e-3)
+
+
+def test_darts_v2_matches_the_published_measurement_and_space_scale() -> None:
+    genotype = load_genotype("DARTS_V2")
+    assert eval_flops_millions(genotype) == pytest.approx(549.8, rel=1e-3)  # thop 0.1.1, C=36, 20 cells, 32x32
+    space = DartsSpace(C=4, num_classes=10, in_channels=1, normal_ops=list(DARTS_OPS), reduce_ops=list(DARTS_OPS),
+                       eval_C=8, eval_layers=5)
+    assert space_flops_millions(space, genotype, 8) == eval_flops_millions(genotype, 8, 5, 10, 1, 8)

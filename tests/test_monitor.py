@@ -1,0 +1,103 @@
+"""Every documented tag is written by a quick search of its mode, nothing else is, and the README lists them all."""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY_SEARCH
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import search
+from nas.genotype import CELLS
+from nas.monitor import TAG_KINDS, Monitor, edge_field, tag, tag_mode, tag_table_markdown
+from search_spaces.ops import DARTS_OPS
+
+QUICK = str(ROOT / "experiments" / "quick_digits.yaml")
+MODES = {
+    "gradient": [],
+    "reinforce": ["controller=reinforce", "reinforce.samples_per_update=2", "reinforce.last_n=8"],
+}
+FIELD_PATTERNS = {"s": r"\d+", "cell": "(?:normal|reduce)", "e": r"\d\d", "op": r"[a-z0-9_]+"}
+STAGES = (1, 2, 3)
+
+
+def written_tags(run_dir: Path) -> dict[str, set[str]]:
+    """Per kind, the tags in a run's event files (text summaries are stored as `<tag>/text_summary` tensors)."""
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events.Reload()
+    found = events.Tags()
+    return {"scalar": set(found["scalars"]), "image": set(found["images"]),
+            "text": {name.removesuffix("/text_summary") for name in found["tensors"]}}
+
+
+def template_regex(template: str, **fixed: object) -> re.Pattern[str]:
+    """A regex matching the tags of `template`, with the `fixed` fields set and the others free."""
+    parts = re.split(r"\{(\w+)\}", template)
+    return re.compile("".join(re.escape(part) if i % 2 == 0 else
+                              re.escape(str(fixed[part])) if part in fixed else FIELD_PATTERNS[part]
+                              for i, part in enumerate(parts)))
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def run(request, tmp_path_factory) -> tuple[str, dict[str, set[str]]]:
+    run_dir = tmp_path_factory.mktemp(request.param)
+    argv = ["-c", QUICK, "--run-dir", str(run_dir), "--set", *TINY_SEARCH, "run.draw=true", *MODES[request.param]]
+    assert search.main(argv) == 0
+    return request.param, written_tags(run_dir)
+
+
+def test_every_documented_tag_of_the_mode_is_written_in_every_stage(run) -> None:
+    mode, written = run
+    for kind, table in TAG_KINDS.items():
+        if kind == "image" and shutil.which("dot") is None:
+            continue  # the drawings need graphviz's dot (make graphviz installs it)
+        for template in table:
+            expected = mode == "reinforce" or tag_mode(template) == "all"
+            for s in STAGES:
+                cells = CELLS if "{cell}" in template else (None,)
+                for cell in cells:
+                    pattern = template_regex(template, s=s, cell=cell)
+                    hits = [name for name in written[kind] if pattern.fullmatch(name)]
+                    assert bool(hits) == expected, f"{mode}: {template} (stage {s}, {cell}) -> {hits[:3]}"
+
+
+def test_nothing_undocumented_is_written(run) -> None:
+    mode, written = run
+    for kind, names in written.items():
+        patterns = [template_regex(template) for template in TAG_KINDS[kind]]
+        undocumented = [name for name in names if not any(p.fullmatch(name) for p in patterns)]
+        assert not undocumented, f"{mode} wrote undocumented {kind} tags: {undocumented[:5]}"
+
+
+def logged_ops(written: dict[str, set[str]], stage: int, cell: str, e: int) -> set[str]:
+    """The ops whose softmax weight was logged on one edge."""
+    prefix = f"stage{stage}/{cell}/prob/edge_{edge_field(e)}/"
+    return {name.removeprefix(prefix) for name in written["scalar"] if name.startswith(prefix)}
+
+
+def test_arch_tags_cover_every_edge_and_kept_op(run) -> None:
+    _, written = run
+    for cell in CELLS:
+        argmax = {name for name in written["scalar"] if name.startswith(f"stage1/{cell}/argmax/")}
+        assert argmax == {tag("stage{s}/{cell}/argmax/edge_{e}", s=1, cell=cell, e=edge_field(e)) for e in range(14)}
+        assert logged_ops(written, 1, cell, 13) == set(DARTS_OPS)  # stage 1 searches every op on every edge
+        assert len(logged_ops(written, 3, cell, 0)) == 3  # stage 3 keeps 3 ops per edge (8 -> 5 -> 3)
+
+
+def test_monitor_refuses_undocumented_tags(tmp_path: Path) -> None:
+    monitor = Monitor(tmp_path)
+    with pytest.raises(KeyError, match="undocumented"):
+        monitor.scalar("stage{s}/made_up", 1.0, 0, s=1)
+    with pytest.raises(KeyError, match="undocumented"):
+        monitor.stage_scalars(1, {"reinforce/made_up": 1.0}, 0)
+    monitor.close()
+
+
+def test_readme_lists_every_tag_in_the_generated_table() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert tag_table_markdown() in readme, "regenerate the README table with `python -m nas.monitor`"
+    for table in TAG_KINDS.values():
+        for template in table:
+            assert f"`{template}`" in readme
