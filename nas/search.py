@@ -29,6 +29,7 @@ from nas.data import ImageData, search_loaders
 from nas.errors import UserError
 from nas.genotype import genotype_from_dict, make_record, read_record, write_record
 from nas.monitor import Monitor
+from nas.report import write_report
 from nas.search_config import SearchConfig
 from search_spaces.base import KeptOps, SearchSpace
 from search_spaces.darts import DartsSpace, drop_weakest
@@ -424,4 +425,5 @@ class Search:
                     "wall_time_s": round(p.elapsed + (time.time() - self._started), 1)},
             metrics={"params_M": final["params_M"]})
         write_record(self.run_dir / "genotype.json", record)
+        write_report(self.run_dir)
         return record
