@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _Parser(prog="train_eval.py", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="train_eval.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--genotype", help="shipped name (PDARTS, DARTS_V2, ...), a record .json or 'Genotype(...)'")
     parser.add_argument("-c", "--config", help="YAML config (see experiments/eval_*.yaml); defaults: CIFAR-10 recipe")
     parser.add_argument("--run-dir", help="where to write checkpoints, TensorBoard and the record "

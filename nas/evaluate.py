@@ -152,22 +152,26 @@ class EvalConfig:
                 raise UserError(message)
 
 
-def _override_key(assignment: str) -> str:
-    return assignment.partition("=")[0].strip()
+def _lookup(config: Any, dotted: str) -> tuple[Any, str]:
+    """The object holding the last part of a dotted key, and that part's name."""
+    *parents, name = dotted.split(".")
+    for part in parents:
+        config = getattr(config, part)
+    return config, name
 
 
 def resumed_config(saved: dict[str, Any], overrides: Sequence[str]) -> EvalConfig:
     """The saved config of a run; overrides may change only RESUME_KEYS (others must repeat the saved value)."""
     config = build_dataclass(EvalConfig, saved)
     if overrides:
-        wanted = load_config(EvalConfig, None, overrides)
-        for key in dict.fromkeys(_override_key(a) for a in overrides):
-            section, _, name = key.partition(".")
-            old, new = getattr(getattr(config, section), name), getattr(getattr(wanted, section), name)
+        wanted = load_config(EvalConfig, None, overrides)  # checks keys and types
+        for key in dict.fromkeys(a.partition("=")[0].strip() for a in overrides):
+            (old_owner, name), (new_owner, _) = _lookup(config, key), _lookup(wanted, key)
+            old, new = getattr(old_owner, name), getattr(new_owner, name)
             if old != new and key not in RESUME_KEYS:
                 raise UserError(f"--resume: {key} was {old!r} in this run and cannot change to {new!r} on resume; "
                                 f"start a new run with --run-dir (changeable on resume: {', '.join(RESUME_KEYS)})")
-            setattr(getattr(config, section), name, new)
+            setattr(old_owner, name, new)
     config.validate()
     return config
 

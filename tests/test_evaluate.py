@@ -1,6 +1,7 @@
 """The eval trainer on digits: records, resume equality (in process and after SIGKILL), NaN guard, bad input."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -64,8 +65,10 @@ def assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
 def reference(tmp_path_factory) -> Path:
     """An uninterrupted 2-epoch tiny run (seed 0)."""
     run_dir = tmp_path_factory.mktemp("eval") / "reference"
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
     train_eval.main(TINY + ["--epochs", "2", "--run-dir", str(run_dir)])
+    torch.set_num_threads(before)
     return run_dir
 
 
@@ -105,7 +108,8 @@ def test_resume_after_epoch_one_equals_uninterrupted_run(reference, tmp_path, mo
         train_eval.main(TINY + ["--epochs", "2", "--run-dir", str(run_dir)])
     monkeypatch.undo()
     assert load_checkpoint(run_dir, "eval")["epoch"] == 1
-    code, out, err = run_main(["--resume", str(run_dir)], capsys)
+    # repeating the original flags is allowed: they equal the saved config and genotype
+    code, out, err = run_main(TINY + ["--epochs", "2", "--resume", str(run_dir)], capsys)
     assert code == 0, err
     assert "resumed" in out
     assert_same_weights(run_dir, reference)
@@ -154,6 +158,24 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, mo
     assert len(err.strip().splitlines()) == 1
     assert "nan at epoch 2 step 1" in err and f"{run_dir / CHECKPOINT} (epoch 1) is kept" in err
     assert saved == [1] and load_checkpoint(run_dir, "eval")["epoch"] == 1
+
+
+def test_full_disk_while_saving_exits_2_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    run_dir = tmp_path / "run"
+    code, _, err = run_main(TINY + ["--epochs", "2", "--run-dir", str(run_dir)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "No space left on device" in err
+    monkeypatch.undo()
+    assert load_checkpoint(run_dir, "eval")["epoch"] == 1
+    assert [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")] == []
 
 
 @pytest.mark.parametrize("name, millions", [("DARTS_V1", 3.17), ("DARTS_V2", 3.35), ("PDARTS", 3.43)])
