@@ -111,29 +111,51 @@ def importance_weights(log_pi: torch.Tensor, log_mu: torch.Tensor, truncation: f
 
     Shapes [n] (one weight per path) or [n, M] (one per path and edge).
     """
-    log_w = log_pi.detach() - log_mu.to(log_pi.device)
+    log_w = log_pi - log_mu
     if self_normalize:
         return len(log_w) * (log_w - log_w.logsumexp(dim=0, keepdim=True)).exp()
     weights = log_w.exp()
     return weights if truncation is None else weights.clamp(max=truncation)
 
 
-def reinforce_loss(logits: dict[str, torch.Tensor], batch: BatchedPaths, log_mu: torch.Tensor,
-                   rewards: torch.Tensor, baseline: float, truncation: float | None = 5.0,
-                   self_normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The off-policy REINFORCE surrogate and its importance weights.
+def reinforce_gradient(logits: dict[str, torch.Tensor], batch: BatchedPaths, log_mu: torch.Tensor,
+                       rewards: torch.Tensor, baseline: float, truncation: float | None = 5.0,
+                       self_normalize: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The off-policy REINFORCE ascent direction g per group ([E, K] each) and the importance weights.
 
     `log_mu` is [n] (log mu(a_i): path weights) or [n, sum of E] (log mu_e(a_ie): per-edge weights).
-    With path weights the gradient of the loss with respect to `logits` is -g,
-    g = mean_i w_i (R_i - b) grad log pi(a_i), and with truncation=None, self_normalize=False, E_mu[g] is the
-    exact gradient of E_pi[R]. With per-edge weights g = mean_i sum_e w_ie (R_i - b) grad log pi_e(a_ie).
+    Path weights: g = mean_i w_i (R_i - b) grad log pi(a_i); with truncation=None and self_normalize=False,
+    E_mu[g] is the exact gradient of E_pi[R]. Per-edge weights: g_e = mean_i w_ie (R_i - b) grad log pi_e(a_ie).
+    Closed form, no autograd: grad_theta_e log pi_e(a) = onehot(a) - pi_e.
     """
-    log_pi = edge_log_probs({group: log_softmax(theta) for group, theta in logits.items()}, batch)
-    if log_mu.dim() == 1:
-        log_pi = log_pi.sum(dim=1)
-    weights = importance_weights(log_pi, log_mu, truncation, self_normalize)
-    advantage = (rewards.to(log_pi.device) - baseline).reshape(-1, *[1] * (log_pi.dim() - 1))
-    return -(weights * advantage * log_pi).reshape(len(log_pi), -1).sum(dim=1).mean(), weights
+    log_probs = {group: log_softmax(theta.detach()) for group, theta in logits.items()}
+    log_pi = edge_log_probs(log_probs, batch)  # [n, M]
+    per_edge = log_mu.dim() == 2
+    weights = importance_weights(log_pi if per_edge else log_pi.sum(dim=1), log_mu, truncation, self_normalize)
+    advantage = rewards - baseline
+    signal = weights * (advantage[:, None] if per_edge else advantage)  # [n, M] or [n]
+    coef = signal.reshape(len(log_pi), -1).expand_as(log_pi) / len(log_pi)
+    grads, start = {}, 0
+    for group, log_p in log_probs.items():
+        edge_coef = coef[:, start:start + len(log_p)].T  # [E, n]
+        chosen = torch.zeros_like(log_p).scatter_add_(1, batch[group].T, edge_coef)
+        grads[group] = chosen - edge_coef.sum(dim=1, keepdim=True) * log_p.exp()
+        start += len(log_p)
+    return grads, weights
+
+
+def entropy_gradient(logits: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Entropy (nats) of pi on every edge ([sum of E], groups concatenated) and its gradient per group.
+
+    dH_e / dtheta_ek = -pi_ek (log pi_ek + H_e).
+    """
+    entropies, grads = [], {}
+    for group, theta in logits.items():
+        log_p = log_softmax(theta.detach())
+        entropy = -(log_p.exp() * log_p).sum(dim=-1, keepdim=True)
+        grads[group] = -log_p.exp() * (log_p + entropy)
+        entropies.append(entropy.squeeze(-1))
+    return torch.cat(entropies), grads
 
 
 class ReinforceController(Controller):
@@ -174,14 +196,15 @@ class ReinforceController(Controller):
         reward_t = torch.tensor([float(r) for r in rewards])
         if self.baseline is None:
             self.baseline = reward_t.mean().item()
-        log_mu = self.behaviour.edge_log_prob(self._cpu_logits(), batch)
+        logits = self._cpu_logits()
+        log_mu = self.behaviour.edge_log_prob(logits, batch)
         if self.cfg.importance == "path":
             log_mu = log_mu.sum(dim=1)
-        loss, weights = reinforce_loss(dict(self.alphas), batch, log_mu, reward_t, self.baseline,
-                                       self.cfg.truncation, self.cfg.self_normalize)
-        entropy = self.edge_entropy()
-        self.optimizer.zero_grad(set_to_none=True)
-        (loss - self.cfg.entropy_weight * entropy.sum()).backward()
+        grads, weights = reinforce_gradient(logits, batch, log_mu, reward_t, self.baseline, self.cfg.truncation,
+                                            self.cfg.self_normalize)
+        entropy, entropy_grads = entropy_gradient(logits)
+        for group, alpha in self.alphas.items():  # Adam minimises: descend on -(g + beta grad H)
+            alpha.grad = -(grads[group] + self.cfg.entropy_weight * entropy_grads[group]).to(alpha.device)
         self.optimizer.step()
         self.baseline = self.cfg.baseline_decay * self.baseline + (1 - self.cfg.baseline_decay) * reward_t.mean().item()
         self.recent.extend((path, float(r)) for path, r in zip(unstack_paths(batch), reward_t.tolist()))
@@ -194,11 +217,6 @@ class ReinforceController(Controller):
             "iw_mean": weights.mean().item(),
             "iw_max": weights.max().item(),
         }
-
-    def edge_entropy(self) -> torch.Tensor:
-        """Entropy (nats) of pi on every edge of every group, concatenated: [sum of E]."""
-        log_probs = [log_softmax(alpha) for alpha in self.alphas.values()]
-        return torch.cat([-(log_p.exp() * log_p).sum(dim=-1) for log_p in log_probs])
 
     def best_recent(self) -> tuple[Path, float] | None:
         """The max-reward (path, reward) among the last `last_n` samples; None before any update."""

@@ -11,8 +11,14 @@ import torch
 from torch import nn
 
 from controllers.base import ArchStepContext, Path
-from controllers.reinforce import ReinforceConfig, ReinforceController, importance_weights, reinforce_loss
-from controllers.sampling import make_behaviour
+from controllers.reinforce import (
+    ReinforceConfig,
+    ReinforceController,
+    entropy_gradient,
+    importance_weights,
+    reinforce_gradient,
+)
+from controllers.sampling import edge_log_probs, make_behaviour
 from nas.errors import UserError
 
 # pi on edge 0 = [1/4, 1/2, 1/4], on edge 1 = [3/5, 1/5, 1/5]
@@ -29,7 +35,7 @@ HAND_PATHS = {"cell": torch.tensor([[1, 0], [0, 2]])}  # pi = 0.3 and 0.05
 def test_importance_weights_hand_computed(name: str, expected: list[float]) -> None:
     paths = {"cell": HAND_PATHS["cell"][: len(expected)]}
     log_mu = make_behaviour(name, epsilon=0.3).log_prob(LOGITS, paths)
-    _, weights = reinforce_loss(LOGITS, paths, log_mu, torch.ones(len(expected)), 0.0, truncation=4.0)
+    _, weights = reinforce_gradient(LOGITS, paths, log_mu, torch.ones(len(expected)), 0.0, truncation=4.0)
     torch.testing.assert_close(weights, torch.tensor(expected), rtol=1e-5, atol=1e-7)
 
 
@@ -61,10 +67,9 @@ def _estimate(logits: dict[str, torch.Tensor], table: torch.Tensor, behaviour: s
     policy = make_behaviour(behaviour, epsilon=0.5)
     batch = policy.sample(logits, n, torch.Generator().manual_seed(0))
     log_mu = policy.edge_log_prob(logits, batch) if per_edge else policy.log_prob(logits, batch)
-    thetas = {g: t.clone().requires_grad_(True) for g, t in logits.items()}
-    loss, _ = reinforce_loss(thetas, batch, log_mu, table[_path_index(batch)], baseline=0.4, truncation=None,
-                             self_normalize=self_normalize)
-    return [-g for g in torch.autograd.grad(loss, list(thetas.values()))]
+    grads, _ = reinforce_gradient(logits, batch, log_mu, table[_path_index(batch)], baseline=0.4, truncation=None,
+                                  self_normalize=self_normalize)
+    return list(grads.values())
 
 
 def _relative_error(estimate: list[torch.Tensor], exact: list[torch.Tensor]) -> float:
@@ -92,11 +97,37 @@ def test_estimator_is_biased_by_truncation_and_not_without(problem) -> None:
     policy = make_behaviour("epsilon_greedy", epsilon=0.5)
     batch = policy.sample(logits, 200_000, torch.Generator().manual_seed(0))
     log_mu = policy.log_prob(logits, batch)
-    thetas = {g: t.clone().requires_grad_(True) for g, t in logits.items()}
-    loss, weights = reinforce_loss(thetas, batch, log_mu, table[_path_index(batch)], 0.4, truncation=1.5)
+    clipped, weights = reinforce_gradient(logits, batch, log_mu, table[_path_index(batch)], 0.4, truncation=1.5)
     assert weights.max().item() == pytest.approx(1.5) and (weights == 1.5).float().mean() > 0.05
-    clipped = [-g for g in torch.autograd.grad(loss, list(thetas.values()))]
-    assert _relative_error(clipped, _exact_gradient(logits, table)) > 0.1
+    assert _relative_error(list(clipped.values()), _exact_gradient(logits, table)) > 0.1
+
+
+@pytest.mark.parametrize("per_edge, truncation, self_normalize", [
+    (False, 2.0, False), (True, 2.0, False), (False, None, True), (True, None, True)])
+def test_closed_form_gradient_equals_autograd_of_the_surrogate(problem, per_edge: bool, truncation: float | None,
+                                                               self_normalize: bool) -> None:
+    logits, table = problem
+    policy = make_behaviour("epsilon_greedy", epsilon=0.4)
+    batch = policy.sample(logits, 16, torch.Generator().manual_seed(4))
+    log_mu = policy.edge_log_prob(logits, batch) if per_edge else policy.log_prob(logits, batch)
+    rewards = table[_path_index(batch)]
+    grads, weights = reinforce_gradient(logits, batch, log_mu, rewards, 0.3, truncation, self_normalize)
+    thetas = {g: t.clone().requires_grad_(True) for g, t in logits.items()}
+    log_pi = edge_log_probs({g: torch.log_softmax(t, -1) for g, t in thetas.items()}, batch)
+    log_pi = log_pi if per_edge else log_pi.sum(dim=1)
+    surrogate = (weights * ((rewards - 0.3)[:, None] if per_edge else rewards - 0.3) * log_pi).sum() / 16
+    for got, want in zip(grads.values(), torch.autograd.grad(surrogate, list(thetas.values()))):
+        torch.testing.assert_close(got, want)
+
+
+def test_entropy_gradient_equals_autograd(problem) -> None:
+    logits, _ = problem
+    entropy, grads = entropy_gradient(logits)
+    thetas = {g: t.clone().requires_grad_(True) for g, t in logits.items()}
+    want_entropy = torch.cat([torch.distributions.Categorical(logits=t).entropy() for t in thetas.values()])
+    torch.testing.assert_close(entropy, want_entropy.detach())
+    for got, want in zip(grads.values(), torch.autograd.grad(want_entropy.sum(), list(thetas.values()))):
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("behaviour", ["uniform", "epsilon_greedy", "multinomial"])

@@ -1,0 +1,190 @@
+"""NAS-Bench-201: architecture strings, supernet, parameter table, tabular benchmark and black-box search."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas.errors import UserError
+from search_spaces.nb201 import (
+    METHODS,
+    NB201_OPS,
+    NB201Space,
+    TabularBenchmark,
+    arch_to_path,
+    build_network,
+    count_params,
+    format_arch,
+    parse_arch,
+    path_to_arch,
+    run_method,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "../shared/data/nb201/nb201_cifar10.csv"
+needs_table = pytest.mark.skipif(not TABLE.is_file(), reason=f"NAS-Bench-201 table {TABLE} is not present")
+EXAMPLE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+OPTIMUM = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"
+
+
+@pytest.fixture(scope="module")
+def bench() -> TabularBenchmark:
+    return TabularBenchmark(TABLE)
+
+
+def test_parse_and_format_example() -> None:
+    ops = parse_arch(EXAMPLE)
+    assert ops == ("nor_conv_3x3", "nor_conv_3x3", "avg_pool_3x3", "skip_connect", "nor_conv_3x3", "skip_connect")
+    assert format_arch(ops) == EXAMPLE
+    path = arch_to_path(EXAMPLE)
+    assert path["cell"].tolist() == [3, 3, 4, 1, 3, 1]
+    assert path_to_arch(path) == EXAMPLE
+
+
+def test_paths_index_into_kept_ops() -> None:
+    kept = {"cell": [["skip_connect", "nor_conv_3x3", "avg_pool_3x3"]] * 6}
+    path = arch_to_path(EXAMPLE, kept)
+    assert path["cell"].tolist() == [1, 1, 2, 0, 1, 0]
+    assert path_to_arch(path, kept) == EXAMPLE
+    with pytest.raises(UserError, match="not kept"):
+        arch_to_path(OPTIMUM, kept)
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|", "2 nodes"),
+    ("nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|", "node 1 must be enclosed"),
+    ("|nor_conv_3x3~0|+|none~0|+|none~0|none~1|none~2|", "node 2 has 1 inputs"),
+    ("|conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|", "unknown op 'conv_3x3'"),
+    ("|none~1|+|none~0|none~1|+|none~0|none~1|none~2|", "must read '~0'"),
+    ("|none|+|none~0|none~1|+|none~0|none~1|none~2|", "must read '~0'"),
+    ("", "1 nodes separated by"),
+])
+def test_malformed_strings_raise_user_error(bad: str, why: str) -> None:
+    with pytest.raises(UserError, match=why):
+        parse_arch(bad)
+
+
+@needs_table
+def test_round_trip_every_table_string(bench: TabularBenchmark) -> None:
+    with open(TABLE, newline="") as handle:
+        archs = [row["arch"] for row in csv.DictReader(handle)]
+    assert len(archs) == len(set(archs)) == 15_625
+    for arch in archs:
+        ops = parse_arch(arch)
+        assert format_arch(ops) == arch
+        assert path_to_arch(arch_to_path(arch)) == arch
+
+
+@needs_table
+def test_best_cell_is_the_documented_optimum(bench: TabularBenchmark) -> None:
+    arch, acc = bench.best()
+    assert round(acc, 2) == 94.37
+    assert arch == OPTIMUM and bench.query(OPTIMUM) == acc == max(bench.by_code)
+    assert bench.query(EXAMPLE) == pytest.approx(93.66)
+
+
+@needs_table
+def test_missing_table_or_column_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        TabularBenchmark(tmp_path / "missing.csv")
+    with pytest.raises(UserError, match="no column 'cifar100_acc'; its columns: arch, cifar10_test_acc, iso_key"):
+        TabularBenchmark(TABLE, column="cifar100_acc")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("arch,acc\n|none~0|+|none~0|none~1|+|none~0|none~1|none~2|,10.0\n|oops|,1.0\n")
+    with pytest.raises(UserError, match=r"bad.csv:3: malformed"):
+        TabularBenchmark(bad, column="acc")
+    bad.write_text("arch,acc\n")
+    with pytest.raises(UserError, match="has no rows"):
+        TabularBenchmark(bad, column="acc")
+
+
+@needs_table
+@pytest.mark.parametrize("method", list(METHODS))
+def test_methods_respect_budget_and_seed(bench: TabularBenchmark, method: str) -> None:
+    trace = run_method(method, bench, 60, seed=3)
+    assert 1 <= len(trace) <= 60
+    assert [queries for queries, _ in trace] == list(range(1, len(trace) + 1))
+    assert all(a <= b for (_, a), (_, b) in zip(trace, trace[1:]))
+    assert run_method(method, bench, 60, seed=3) == trace
+    assert run_method(method, bench, 25, seed=3) == trace[:25]  # a smaller budget is a prefix
+    if method != "reinforce_argmax":  # greedy sampling on a fixed table stalls on its first cells
+        assert len(trace) == 60 and run_method(method, bench, 60, seed=4) != trace
+
+
+@needs_table
+def test_unknown_method_lists_the_choices(bench: TabularBenchmark) -> None:
+    with pytest.raises(UserError, match="unknown search method 'bohb'; choose from: random, rea, reinforce_"):
+        run_method("bohb", bench, 10, 0)
+
+
+@pytest.mark.parametrize("kept", [None, ["none", "nor_conv_3x3", "avg_pool_3x3"]])
+def test_supernet_forward_backward_in_both_modes(kept: list[str] | None) -> None:
+    space = NB201Space(C=8, num_classes=5)
+    kept_ops = space.initial_kept_ops() if kept is None else {"cell": [kept] * 6}
+    net = space.build_supernet(kept_ops, layers=1)
+    x = torch.randn(2, 3, 16, 16)
+    k = len(kept_ops["cell"][0])
+    alphas = torch.zeros(6, k, requires_grad=True)
+    out = net(x, weights={"cell": torch.softmax(alphas, dim=-1)})
+    assert out.shape == (2, 5)
+    out.sum().backward()
+    assert alphas.grad is not None and alphas.grad.abs().sum() > 0
+    net.zero_grad(set_to_none=True)
+    conv = kept_ops["cell"][0].index("nor_conv_3x3")
+    path = {"cell": torch.tensor([conv, k - 1, 0, conv, k - 1, conv])}
+    net(x, path=path).sum().backward()
+    edge = net.blocks[0].edges[0]
+    assert all(p.grad is not None for p in edge.ops[conv].parameters())
+    assert all(p.grad is None for i, op in enumerate(edge.ops) if i != conv for p in op.parameters())
+    with pytest.raises(ValueError, match="pass weights= or path="):
+        net(x)
+
+
+def test_param_table_matches_built_networks() -> None:
+    gen = torch.Generator().manual_seed(0)
+    archs = [OPTIMUM, EXAMPLE, format_arch(["none"] * 6), format_arch(["nor_conv_3x3"] * 6)]
+    archs += [format_arch([NB201_OPS[i] for i in torch.randint(5, (6,), generator=gen).tolist()]) for _ in range(4)]
+    for arch in archs:
+        built = sum(p.numel() for p in build_network(arch).parameters())
+        assert count_params(arch) == built
+        assert NB201Space().params_millions(arch) == pytest.approx(built / 1e6)
+    assert build_network(OPTIMUM, C=8, cells_per_stage=1)(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+
+
+def test_derive_takes_the_most_probable_op_per_edge() -> None:
+    probs = torch.nn.functional.one_hot(arch_to_path(EXAMPLE)["cell"], 5).float() * 0.6 + 0.08
+    assert NB201Space().derive({"cell": probs}, NB201Space().initial_kept_ops()) == EXAMPLE
+
+
+def _load_bench_script():
+    spec = importlib.util.spec_from_file_location("nb201_bench", ROOT / "experiments/nb201_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_table
+def test_bench_script_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bench"
+    _load_bench_script().main(["--table", str(TABLE), "--budget", "10", "30", "--seeds", "3",
+                               "--methods", "random", "rea", "reinforce_uniform", "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"random", "rea", "reinforce_uniform"} and set(results["rea"]) == {"10", "30"}
+    assert {"mean", "std", "hit_rate", "queries_to_within_0.1"} <= set(results["rea"]["30"])
+    assert results["rea"]["30"]["mean"] >= results["rea"]["10"]["mean"]
+    assert 0.0 <= results["random"]["30"]["hit_rate"] <= 1.0
+    assert (out / "best_vs_queries.png").stat().st_size > 0
+    assert "reinforce_uniform" in capsys.readouterr().out
+
+
+@needs_table
+def test_bench_script_exits_2_on_bad_input() -> None:
+    cmd = [sys.executable, str(ROOT / "experiments/nb201_bench.py"), "--table", str(TABLE), "--methods", "bohb"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: unknown search method 'bohb'; choose from: random")
