@@ -29,8 +29,9 @@ def test_reinforce_search_in_both_modes(mode, tmp_path):
 
 def test_parameter_penalty_shrinks_the_architecture(tmp_path):
     """Same seed, same data: alpha = -1 must end with fewer eval-scale parameters than alpha = 0."""
-    settings = [*TINY_SEARCH, "stages.epochs=[2,2,2]", "stages.warmup_epochs=[0,0,0]", "reinforce.lr=0.3",
-                "reinforce.samples_per_update=6", "reinforce.behaviour=multinomial", "reward.p_base=[3.0,3.0,3.0]"]
+    settings = [*TINY_SEARCH, "stages.epochs=[2,2,2]", "stages.warmup_epochs=[0,0,0]", "data.batch_size=32",
+                "reinforce.lr=0.2", "reinforce.samples_per_update=4", "reinforce.behaviour=multinomial",
+                "reward.p_base=[3.0,3.0,3.0]"]
     params = {}
     for alpha in (0.0, -1.0):
         run_dir = tmp_path / f"alpha{alpha}"
