@@ -23,7 +23,6 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from nas.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
@@ -41,6 +40,7 @@ from nas.genotype import (
     write_record,
 )
 from nas.metrics import accuracy, count_parameters, flops_millions
+from nas.monitor import EVAL_TAGS, Monitor
 from search_spaces.darts import NetworkEval
 
 KIND = "eval"
@@ -51,16 +51,6 @@ MIN_IMAGE_SIZE = 4  # two stride-2 reduction cells
 # Keys that may differ on --resume: where the data lives and how it is fed; the rest fixes the run's result.
 RESUME_KEYS = ("data.root", "data.download", "data.num_workers", "run.device", "run.amp", "run.channels_last",
                "run.out_dir")
-# Every TensorBoard scalar of an eval run (step = epoch, 0-based).
-TAGS: dict[str, str] = {
-    "train/loss": "training loss of the main head (label smoothing included), mean over the epoch",
-    "train/top1": "training top-1 (%) over the epoch, with drop path and augmentation",
-    "test/loss": "test cross-entropy at the end of the epoch",
-    "test/top1": "test top-1 (%) at the end of the epoch",
-    "test/top5": "test top-5 (%) at the end of the epoch (top-k with k = classes when fewer than 5)",
-    "lr": "learning rate of the epoch",
-    "drop_path_prob": "drop path probability of the epoch (scaled linearly by epoch)",
-}
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -506,10 +496,9 @@ class EvalRun:
         cfg, info, run_dir = self.setup.config, self.info, self.setup.run_dir
         trainer = Trainer(cfg, self.net, self.device, info)
         start, progress = self._start(trainer)
-        writer = None
         if info.is_main:
             self._write_start_files()
-            writer = SummaryWriter(str(run_dir / "tb"), purge_step=start)
+        writer = Monitor(run_dir / "tb", purge_step=start, enabled=info.is_main)
         self.log(f"run {run_dir} | genotype {self.setup.genotype} | {cfg.data.dataset} | {self.params_m:.3f}M params "
                  f"(aux excluded), {self.flops_m:.1f}M FLOPs | {self.device}, {info.world_size} process(es), "
                  f"{trainer.precision}")
@@ -532,20 +521,18 @@ class EvalRun:
                                     "top1": test["top1"], "top5": test["top5"], "test_samples": test["samples"]}
                 self._save(trainer, epoch + 1, progress)
                 last_good = f"The last good checkpoint {run_dir / CHECKPOINT} (epoch {epoch + 1}) is kept."
-                if writer is not None:
-                    values = {"train/loss": train["loss"], "train/top1": train["top1"], "test/loss": test["loss"],
-                              "test/top1": test["top1"], "test/top5": test["top5"], "lr": lr,
-                              "drop_path_prob": self.net.drop_path_prob}
-                    for tag_name in TAGS:
-                        writer.add_scalar(tag_name, values[tag_name], epoch)
-                    writer.flush()
+                values = {"train/loss": train["loss"], "train/top1": train["top1"], "test/loss": test["loss"],
+                          "test/top1": test["top1"], "test/top5": test["top5"], "lr": lr,
+                          "drop_path_prob": self.net.drop_path_prob}
+                for tag_name in EVAL_TAGS:
+                    writer.scalar(tag_name, values[tag_name], epoch)
+                writer.flush()
                 self.log(f"epoch {epoch + 1}/{cfg.train.epochs} | train loss {train['loss']:.4f} top1 "
                          f"{train['top1']:.2f} | test loss {test['loss']:.4f} top1 {test['top1']:.2f} top5 "
                          f"{test['top5']:.2f} | lr {lr:.6f} drop path {self.net.drop_path_prob:.3f} | "
                          f"{time.perf_counter() - tic:.1f}s")
         finally:
-            if writer is not None:
-                writer.close()
+            writer.close()
         return self._finish(trainer, progress)
 
     def _save(self, trainer: Trainer, epochs_done: int, progress: dict[str, Any]) -> None:

@@ -54,6 +54,17 @@ IMAGE_TAGS: dict[str, str] = {
     "stage{s}/cell/{cell}": "graphviz drawing of the stage's derived normal and reduce cells",
 }
 
+# Every scalar of an eval run (train_eval.py); the step is the epoch, 0-based.
+EVAL_TAGS: dict[str, str] = {
+    "train/loss": "training loss of the main head (label smoothing included), mean over the epoch",
+    "train/top1": "training top-1 (%) over the epoch, with drop path and augmentation",
+    "test/loss": "test cross-entropy at the end of the epoch",
+    "test/top1": "test top-1 (%) at the end of the epoch",
+    "test/top5": "test top-5 (%) at the end of the epoch (top-k with k = classes when fewer than 5)",
+    "lr": "learning rate of the epoch",
+    "drop_path_prob": "drop path probability of the epoch (scaled linearly by epoch)",
+}
+
 TAG_KINDS: dict[str, dict[str, str]] = {"scalar": TAGS, "text": TEXT_TAGS, "image": IMAGE_TAGS}
 
 
@@ -76,12 +87,13 @@ def tag_table_markdown() -> str:
             if kind == "image":
                 mode += " with `run.draw` and graphviz"
             rows.append(f"| `{template}` | {kind} | {mode} | {meaning} |")
+    rows += [f"| `{template}` | scalar | train_eval.py | {meaning} |" for template, meaning in EVAL_TAGS.items()]
     return "\n".join(rows)
 
 
 def tag(template: str, **fields: Any) -> str:
     """Fill a documented tag template; refuses templates that are not in the tag tables."""
-    if not any(template in table for table in TAG_KINDS.values()):
+    if not any(template in table for table in (*TAG_KINDS.values(), EVAL_TAGS)):
         raise KeyError(f"undocumented tag {template!r}: add it to nas.monitor.TAGS first")
     return template.format(**fields)
 

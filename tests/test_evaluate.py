@@ -23,6 +23,7 @@ from nas.config import load_config
 from nas.data import ImageData
 from nas.genotype import load_genotype
 from nas.metrics import count_parameters
+from nas.monitor import EVAL_TAGS
 from search_spaces.darts import NetworkEval
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def test_one_epoch_on_digits_end_to_end(tmp_path, capsys):
     assert last.startswith("final: test top-1") and "top-5" in last and "params" in last and "FLOPs" in last
     events = EventAccumulator(str(run_dir / "tb"))
     events.Reload()
-    assert set(events.Tags()["scalars"]) == set(evaluate.TAGS)
+    assert set(events.Tags()["scalars"]) == set(EVAL_TAGS)
 
 
 def test_resume_after_epoch_one_equals_uninterrupted_run(reference, tmp_path, monkeypatch, capsys):
