@@ -247,7 +247,7 @@ def test_state_dict_round_trip_continues_identically() -> None:
     torch.save(original.state_dict(), buffer)
     buffer.seek(0)
     restored = ReinforceController(shapes, cfg, 0)  # no generator: the checkpoint brings one
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
     assert restored.samples_seen == 80 and restored.baseline == original.baseline and len(restored.recent) == 10
     continued, resumed = _run(original, 10, seed=2), _run(restored, 10, seed=2)
     assert all(torch.equal(a[g], b[g]) for a, b in zip(continued, resumed) for g in shapes)
