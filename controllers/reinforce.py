@@ -236,9 +236,10 @@ class ReinforceController(Controller):
         x, y = ctx.val_batch
         with torch.no_grad():
             accuracies = [(ctx.model(x, path=path).argmax(dim=-1) == y).float().mean().item() for path in paths]
-        rewards, params = zip(*(ctx.reward_fn(path, acc) for path, acc in zip(paths, accuracies)))
+        rewards, params, flops = zip(*(ctx.reward_fn(path, acc) for path, acc in zip(paths, accuracies)))
         metrics = self.update(paths, rewards)
         metrics["params_mean"] = sum(params) / len(params)
+        metrics["flops_mean"] = sum(flops) / len(flops)
         metrics["acc_mean"] = sum(accuracies) / len(accuracies)
         return metrics
 

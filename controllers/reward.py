@@ -6,7 +6,7 @@ genotype derived from the sampled path, alpha <= 0 and P_base per stage. alpha =
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,7 @@ from controllers.base import Path
 from nas.errors import UserError
 from search_spaces.base import KeptOps, SearchSpace
 
-RewardFn = Callable[[Path, float], tuple[float, float]]  # (path, accuracy) -> (reward, params in millions)
+RewardFn = Callable[[Path, float], tuple[float, float, float]]  # (path, accuracy) -> (reward, params M, FLOPs M)
 
 
 @dataclass
@@ -44,18 +44,19 @@ def param_penalty_reward(accuracy: float, params_m: float, p_base: float, alpha:
 
 
 def make_reward_fn(space: SearchSpace, kept_ops: KeptOps, probs_fn: Callable[[], dict[str, torch.Tensor]],
-                   cfg: RewardConfig, stage: int) -> RewardFn:
-    """The search's reward: (path, accuracy) -> (reward, params_m) for this stage.
+                   cfg: RewardConfig, stage: int, flops_fn: Callable[[Any], float]) -> RewardFn:
+    """The search's reward: (path, accuracy) -> (reward, params_m, flops_fn(architecture)) for this stage.
 
     A path's architecture is space.derive(one_hot(path) * probs, kept_ops): the sampled op on every edge,
     with the edges ranked by the policy's probability of that op where the space keeps only some edges.
     """
     p_base, alpha = cfg.p_base[stage], cfg.alpha[stage]
 
-    def reward_fn(path: Path, accuracy: float) -> tuple[float, float]:
+    def reward_fn(path: Path, accuracy: float) -> tuple[float, float, float]:
         probs = probs_fn()
         scores = {group: F.one_hot(path[group].to(p.device), p.shape[-1]) * p for group, p in probs.items()}
-        params_m = space.params_millions(space.derive(scores, kept_ops))
-        return param_penalty_reward(accuracy, params_m, p_base, alpha), params_m
+        arch = space.derive(scores, kept_ops)
+        params_m = space.params_millions(arch)
+        return param_penalty_reward(accuracy, params_m, p_base, alpha), params_m, flops_fn(arch)
 
     return reward_fn

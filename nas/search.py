@@ -7,6 +7,7 @@ weight steps), so `--resume` continues a killed run exactly where it stopped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -23,6 +24,7 @@ from controllers.base import ArchStepContext, Controller
 from controllers.gradient import GradientController
 from controllers.reinforce import ReinforceController
 from controllers.reward import make_reward_fn
+from nas.arch_cost import space_flops_millions
 from nas.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from nas.config import to_dict
 from nas.data import ImageData, search_loaders
@@ -156,7 +158,8 @@ class StageRunner:
             self.scheduler.load_state_dict(state["scheduler"])
             self.generator.set_state(state["generator"])
             self.val_batches = CyclingBatches(search.val_loader, **state["val_cursor"])
-        self.reward_fn = (make_reward_fn(search.space, p.kept_ops, self.controller.probs, self.cfg.reward, stage)
+        self.reward_fn = (make_reward_fn(search.space, p.kept_ops, self.controller.probs, self.cfg.reward, stage,
+                                         functools.partial(space_flops_millions, search.space, size=search.data.size))
                           if self.cfg.controller == "reinforce" else None)
         self.separate = self.cfg.controller == "reinforce" and self.cfg.reinforce.mode == "separate"
         self.skip_p, self.epoch_lr = 0.0, self.scheduler.get_last_lr()[0]

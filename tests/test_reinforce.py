@@ -206,15 +206,16 @@ def test_arch_step_scores_samples_on_the_validation_batch() -> None:
     x, y = torch.randn(64, 2), torch.zeros(64, dtype=torch.long)
     ctx = ArchStepContext(model=model, criterion=nn.functional.cross_entropy, train_batch=(x, y), val_batch=(x, y),
                           w_optimizer=torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), lr=0.1, stage=1, step=0,
-                          reward_fn=lambda path, acc: (0.5 * acc, 2.0 + acc))
+                          reward_fn=lambda path, acc: (0.5 * acc, 2.0 + acc, 30.0 + acc))
     metrics = controller.arch_step(ctx)
     assert controller.update_interval == 5 and len(model.calls) == 3
     assert not any(grad for _, grad in model.calls)
     assert set(metrics) == {"reward_mean", "reward_max", "baseline", "entropy", "iw_mean", "iw_max", "params_mean",
-                            "acc_mean"}
+                            "flops_mean", "acc_mean"}
     assert 0.0 <= metrics["acc_mean"] <= 1.0
     assert metrics["reward_mean"] == pytest.approx(0.5 * metrics["acc_mean"])
     assert metrics["params_mean"] == pytest.approx(2.0 + metrics["acc_mean"])
+    assert metrics["flops_mean"] == pytest.approx(30.0 + metrics["acc_mean"])
     best_path, best_reward = controller.best_recent()
     assert best_reward == pytest.approx(metrics["reward_max"])
     assert set(best_path) == {"normal", "reduce"}

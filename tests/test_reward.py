@@ -48,13 +48,13 @@ def test_make_reward_fn_derives_the_sampled_path_and_penalises_it() -> None:
     space = _FakeSpace()
     probs = {"normal": torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])}
     cfg = RewardConfig(alpha=[0.0, -1.0], p_base=[1.0, 2.0])
-    reward_fn = make_reward_fn(space, space.initial_kept_ops(), lambda: probs, cfg, stage=1)
-    reward, params_m = reward_fn({"normal": torch.tensor([2, 1])}, 0.8)
+    reward_fn = make_reward_fn(space, space.initial_kept_ops(), lambda: probs, cfg, stage=1, flops_fn=len)
+    reward, params_m, flops_m = reward_fn({"normal": torch.tensor([2, 1])}, 0.8)
     torch.testing.assert_close(space.scores[-1]["normal"], torch.tensor([[0.0, 0.0, 0.3], [0.0, 0.1, 0.0]]))
-    assert params_m == pytest.approx(1.0 + 1.0 + 0.5)
+    assert params_m == pytest.approx(1.0 + 1.0 + 0.5) and flops_m == 2  # flops_fn gets the derived architecture
     assert reward == pytest.approx(0.8 * (2.5 / 2.0) ** -1.0)
-    unpenalised = make_reward_fn(space, space.initial_kept_ops(), lambda: probs, cfg, stage=0)
-    assert unpenalised({"normal": torch.tensor([2, 1])}, 0.8) == (pytest.approx(0.8), pytest.approx(2.5))
+    unpenalised = make_reward_fn(space, space.initial_kept_ops(), lambda: probs, cfg, stage=0, flops_fn=len)
+    assert unpenalised({"normal": torch.tensor([2, 1])}, 0.8) == (pytest.approx(0.8), pytest.approx(2.5), 2)
 
 
 @pytest.mark.parametrize("change, message", [
