@@ -34,7 +34,7 @@ LR_SCHEDULES = ("cosine", "constant")
 class TrainConfig:
     """How a supernet or a stand-alone subnet is trained."""
 
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 64
     optimizer: str = "adadelta"
     lr: float = 1.0
