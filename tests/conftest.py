@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -25,3 +26,30 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared test data {path} is absent (it ships beside the repo as ../shared/data)")
     return path
+
+
+# The tiny searches several test modules inspect, run once per session: search records, monitor tags.
+TINY_RUNS = {
+    "gradient": ("quick_digits.yaml", []),
+    "reinforce": ("quick_digits_reinforce.yaml", ["reinforce.samples_per_update=2", "reinforce.last_n=8"]),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Callable[[str], Path]:
+    """tiny_run(mode) -> the run directory of a finished tiny 3-stage search (with drawings) of that controller."""
+    import search
+
+    done: dict[str, Path] = {}
+
+    def get(mode: str) -> Path:
+        if mode not in done:
+            config, extra = TINY_RUNS[mode]
+            run_dir = tmp_path_factory.mktemp(f"tiny-{mode}")
+            argv = ["-c", str(ROOT / "experiments" / config), "--run-dir", str(run_dir), "--set", *TINY_SEARCH,
+                    "run.draw=true", *extra]
+            assert search.main(argv) == 0
+            done[mode] = run_dir
+        return done[mode]
+
+    return get

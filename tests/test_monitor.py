@@ -6,19 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_SEARCH
+from conftest import ROOT, TINY_RUNS
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import search
 from nas.genotype import CELLS
 from nas.monitor import TAG_KINDS, Monitor, edge_field, tag, tag_mode, tag_table_markdown
 from search_spaces.ops import DARTS_OPS
 
-QUICK = str(ROOT / "experiments" / "quick_digits.yaml")
-MODES = {
-    "gradient": [],
-    "reinforce": ["controller=reinforce", "reinforce.samples_per_update=2", "reinforce.last_n=8"],
-}
 FIELD_PATTERNS = {"s": r"\d+", "cell": "(?:normal|reduce)", "e": r"\d\d", "op": r"[a-z0-9_]+"}
 STAGES = (1, 2, 3)
 
@@ -40,12 +34,9 @@ def template_regex(template: str, **fixed: object) -> re.Pattern[str]:
                               for i, part in enumerate(parts)))
 
 
-@pytest.fixture(scope="module", params=list(MODES))
-def run(request, tmp_path_factory) -> tuple[str, dict[str, set[str]]]:
-    run_dir = tmp_path_factory.mktemp(request.param)
-    argv = ["-c", QUICK, "--run-dir", str(run_dir), "--set", *TINY_SEARCH, "run.draw=true", *MODES[request.param]]
-    assert search.main(argv) == 0
-    return request.param, written_tags(run_dir)
+@pytest.fixture(scope="module", params=list(TINY_RUNS))
+def run(request, tiny_run) -> tuple[str, dict[str, set[str]]]:
+    return request.param, written_tags(tiny_run(request.param))
 
 
 def test_every_documented_tag_of_the_mode_is_written_in_every_stage(run) -> None:

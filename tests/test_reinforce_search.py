@@ -12,9 +12,13 @@ TINY_RL = [*TINY_SEARCH, "reinforce.samples_per_update=2"]
 
 
 @pytest.mark.parametrize("mode", ["interleaved", "separate"])
-def test_reinforce_search_in_both_modes(mode, tmp_path):
-    run_dir = tmp_path / mode
-    assert search.main(["-c", QUICK_RL, "--run-dir", str(run_dir), "--set", *TINY_RL, f"reinforce.mode={mode}"]) == 0
+def test_reinforce_search_in_both_modes(mode, tmp_path, tiny_run):
+    if mode == "interleaved":  # the config's mode: the session's shared tiny REINFORCE run
+        run_dir = tiny_run("reinforce")
+    else:
+        run_dir = tmp_path / mode
+        argv = ["-c", QUICK_RL, "--run-dir", str(run_dir), "--set", *TINY_RL, f"reinforce.mode={mode}"]
+        assert search.main(argv) == 0
     record = read_record(run_dir / "genotype.json")
     validate_genotype(genotype_from_dict(record["genotype"]))
     stages = record["search"]["stages"]

@@ -21,10 +21,8 @@ QUICK = str(ROOT / "experiments" / "quick_digits.yaml")
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("search") / "full"
-    assert search.main(["-c", QUICK, "--run-dir", str(run_dir), "--set", *TINY_SEARCH]) == 0
-    return run_dir
+def full_run(tiny_run):
+    return tiny_run("gradient")
 
 
 def test_search_writes_a_valid_record_with_the_stage_schedule(full_run):
@@ -52,7 +50,8 @@ def test_search_writes_a_valid_record_with_the_stage_schedule(full_run):
 def test_per_stage_runs_repeat_the_full_run(full_run, tmp_path):
     run_dir = tmp_path / "staged"
     for stage in (1, 2, 3):
-        assert search.main(["-c", QUICK, "--run-dir", str(run_dir), "--stage", str(stage), "--set", *TINY_SEARCH]) == 0
+        assert search.main(["-c", QUICK, "--run-dir", str(run_dir), "--stage", str(stage), "--set", *TINY_SEARCH,
+                            "run.draw=true"]) == 0
     full, staged = read_record(full_run / "genotype.json"), read_record(run_dir / "genotype.json")
     assert staged["genotype"] == full["genotype"]
     for a, b in zip(full["search"]["stages"], staged["search"]["stages"]):
