@@ -6,7 +6,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from scipy import stats
 from torch import nn
 
 
@@ -40,11 +39,15 @@ def flops_millions(model: nn.Module, input_shape: Sequence[int]) -> float:
 
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
     """Kendall's tau-b rank correlation of two equally long sequences (nan when undefined, e.g. constant input)."""
+    from scipy import stats  # imported here: scipy.stats costs seconds at start-up
+
     return float(stats.kendalltau(a, b).statistic)
 
 
 def spearman_rho(a: Sequence[float], b: Sequence[float]) -> float:
     """Spearman's rank correlation of two equally long sequences (nan when undefined)."""
+    from scipy import stats
+
     return float(stats.spearmanr(a, b).statistic)
 
 
