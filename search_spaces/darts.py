@@ -221,6 +221,7 @@ class SearchNetwork(nn.Module):
         self.n_ops = {group: len(edges[0]) for group, edges in self.kept_ops.items()}
         self.n_edges = edges_per_cell(steps)
         self.skip_dropout = 0.0
+        self.channels_last: bool | None = None  # None: channels_last on CPU, where depthwise convs and pools gain
         dims = _layout(C, layers, stem_multiplier, lambda reduction: multiplier)
         self.stem = _stem(in_channels, stem_multiplier * C)
         self.cells = nn.ModuleList(
@@ -239,6 +240,8 @@ class SearchNetwork(nn.Module):
         """Logits of the weighted mixture (`weights`) or of the single path (`path`); give exactly one."""
         if (weights is None) == (path is None):
             raise UserError("SearchNetwork.forward needs exactly one of weights= (mixture) or path= (single path)")
+        if self.channels_last or (self.channels_last is None and x.device.type == "cpu"):
+            x = x.contiguous(memory_format=torch.channels_last)
         s0 = s1 = self.stem(x)
         if weights is not None:
             rows = {group: [row.unbind(0) for row in self._checked(weights, group).unbind(0)] for group in GROUPS}

@@ -6,11 +6,12 @@ ReLU once per edge and call :meth:`PreActivated.body` on it for each such op.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 OpFactory = Callable[[int, int, bool], nn.Module]
 
@@ -67,15 +68,95 @@ class Conv3x1x1x3(PreActivated):
         )
 
 
+def _space_to_batch(x: torch.Tensor, d: int) -> torch.Tensor:
+    """The d x d polyphase components of x (zero-padded to multiples of d) stacked on the batch axis, channels_last."""
+    x = F.pad(x, (0, -x.shape[3] % d, 0, -x.shape[2] % d))
+    n, c, h, w = x.shape
+    parts = x.view(n, c, h // d, d, w // d, d).permute(3, 5, 0, 2, 4, 1)  # [d, d, n, h/d, w/d, c]
+    return parts.reshape(d * d * n, h // d, w // d, c).permute(0, 3, 1, 2)
+
+
+class _DilatedDepthwiseFn(torch.autograd.Function):
+    """Dilated depthwise conv ("same" padding) at stride 1 or stride = dilation, with a backward that avoids
+    oneDNN's slow dilated depthwise kernels.
+
+    Stride 1: grad_input is the same conv with the kernel flipped; grad_weight is the undilated weight gradient
+    over the polyphase components of input and output gradient, which a dilation-d conv reads independently.
+    Stride d: the conv reads only the phase-(0, 0) pixels, so it is an undilated conv on x[:, :, ::d, ::d].
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, dilation: int, stride: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.dilation, ctx.stride = dilation, stride
+        if stride == 1:
+            return _depthwise(x, weight, dilation)
+        return _depthwise(x[:, :, ::stride, ::stride], weight, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        x, weight = ctx.saved_tensors
+        d, s = ctx.dilation, ctx.stride
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            if s == 1:
+                grad_x = _depthwise(grad, weight.flip((2, 3)), d)
+            else:
+                grad_x = torch.zeros_like(x)
+                grad_x[:, :, ::s, ::s] = _depthwise(grad, weight.flip((2, 3)), 1)
+        if ctx.needs_input_grad[1]:
+            if s == 1:
+                grad_w = _depthwise_weight_grad(_space_to_batch(grad, d), _space_to_batch(x, d), weight)
+            else:
+                grad_w = _depthwise_weight_grad(grad, x[:, :, ::s, ::s], weight)
+        return grad_x, grad_w, None, None
+
+
+def _depthwise(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    return F.conv2d(x, weight, None, 1, dilation * (weight.shape[-1] // 2), dilation, weight.shape[0])
+
+
+def _depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weight gradient of the undilated stride-1 "same" depthwise conv of x."""
+    pad = weight.shape[-1] // 2
+    return torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0],
+                                               weight.shape[0], [False, True, False])[1]
+
+
+class DilatedDepthwise(nn.Module):
+    """Depthwise k x k conv with dilation d > 1 and "same" padding, at stride 1 or d.
+
+    The weight lives in a plain nn.Conv2d (`conv`) that runs as-is without autograd or off the CPU (inference,
+    FLOP counters); training on the CPU goes through _DilatedDepthwiseFn, which computes the same thing with
+    a backward 2-4x faster than oneDNN's dilated depthwise one.
+    """
+
+    def __init__(self, C: int, kernel: int, stride: int, dilation: int):
+        super().__init__()
+        self.conv = nn.Conv2d(C, C, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation,
+                              groups=C, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        if not torch.is_grad_enabled() or x.device.type != "cpu" or conv.stride[0] not in (1, conv.dilation[0]):
+            return conv(x)
+        return _DilatedDepthwiseFn.apply(x, conv.weight, conv.dilation[0], conv.stride[0])
+
+
 class DilConv(PreActivated):
     """ReLU -> depthwise k x k (dilated) -> pointwise 1x1 -> BN."""
 
     def __init__(self, C_in: int, C_out: int, kernel: int, stride: int, padding: int, dilation: int,
                  affine: bool = True):
         super().__init__()
+        if dilation > 1 and padding == dilation * (kernel // 2):
+            depthwise: nn.Module = DilatedDepthwise(C_in, kernel, stride, dilation)
+        else:
+            depthwise = nn.Conv2d(C_in, C_in, kernel, stride=stride, padding=padding, dilation=dilation,
+                                  groups=C_in, bias=False)
         self.body = nn.Sequential(
-            nn.Conv2d(C_in, C_in, kernel, stride=stride, padding=padding, dilation=dilation, groups=C_in,
-                      bias=False),
+            depthwise,
             nn.Conv2d(C_in, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search_spaces.ops import OPS, PreActivated, build_op, canonical_op_name
+from search_spaces.ops import OPS, DilatedDepthwise, PreActivated, build_op, canonical_op_name
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
@@ -46,3 +46,33 @@ def test_canonical_names() -> None:
     assert canonical_op_name("conv 3x3") == "conv_3x3"
     with pytest.raises(ValueError, match="unknown op"):
         canonical_op_name("conv_9x9")
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [1, 5, 8])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dilated_depthwise_matches_plain_conv(kernel: int, stride: int, size: int, channels_last: bool) -> None:
+    torch.manual_seed(2)
+    op = DilatedDepthwise(6, kernel, stride, 2).double()
+    x = torch.randn(3, 6, size, size, dtype=torch.double)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_fast, out_ref = op(x_fast), op.conv(x_ref)
+    torch.testing.assert_close(out_fast, out_ref)
+    grad = torch.randn_like(out_ref)
+    (weight_fast,) = torch.autograd.grad(out_fast, op.conv.weight, grad, retain_graph=True)
+    (weight_ref,) = torch.autograd.grad(out_ref, op.conv.weight, grad, retain_graph=True)
+    out_fast.backward(grad)
+    out_ref.backward(grad)
+    torch.testing.assert_close(x_fast.grad, x_ref.grad)
+    torch.testing.assert_close(weight_fast, weight_ref)
+
+
+def test_dilated_depthwise_runs_plain_conv_without_grad() -> None:
+    op = build_op("dil_conv_3x3", 4, 1)
+    calls = []
+    op.body[0].conv.register_forward_hook(lambda *args: calls.append(1))  # what FLOP counters such as thop see
+    with torch.no_grad():
+        op(torch.randn(1, 4, 6, 6))
+    assert calls == [1]

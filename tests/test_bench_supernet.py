@@ -1,0 +1,58 @@
+"""The supernet benchmark runs end to end on a tiny setting and writes every key (no timing assertions)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "bench_supernet.py"
+CASES = {"mixture", "path", "child", "baseline", "baseline_cl", "controller"}
+RATIOS = {"path_over_child", "mixture_over_path", "baseline_over_mixture", "baseline_cl_over_mixture",
+          "controller_fraction"}
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_supernet", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_writes_every_key(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    command = [sys.executable, str(SCRIPT), "--C", "4", "--layers", "3", "--batch", "2", "--size", "8",
+               "--steps", "1", "--warmup", "1", "--threads", "1", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert set(report["cases"]) == CASES
+    for case in report["cases"].values():
+        assert {"median_s", "median_cpu_s", "times_s", "peak_memory_mib"} <= set(case)
+        assert case["median_s"] > 0 and case["peak_memory_mib"] >= 0
+    assert set(report["ratios"]) == RATIOS and all(value > 0 for value in report["ratios"].values())
+    assert set(report["met"]) == set(report["targets"]) <= RATIOS
+    assert report["settings"]["C"] == 4 and len(report["path"]["normal"]) == 14
+    assert "path_over_child" in result.stdout  # the printed table
+
+
+def test_bench_rejects_bad_arguments() -> None:
+    result = subprocess.run([sys.executable, str(SCRIPT), "--batch", "0"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120, check=False)
+    assert result.returncode == 2 and "--batch must be at least 1" in result.stderr
+
+
+@pytest.mark.parametrize("path,expected", [
+    ([0] * 14, [[], [], [], []]),
+    ([3] * 14, [[("skip_connect", 0), ("skip_connect", 1)], [("skip_connect", 0), ("skip_connect", 1),
+                                                           ("skip_connect", 2)]]),
+])
+def test_child_specs_keep_only_non_none_edges(path: list[int], expected: list) -> None:
+    specs = load_bench().child_specs({"normal": path, "reduce": path})
+    assert specs["normal"].nodes[:len(expected)] == expected
+    assert specs["normal"].concat == [2, 3, 4, 5]
