@@ -14,7 +14,7 @@ Cases, each a median forward+backward step (cross-entropy on random data) after 
 Step times are measured in this process with the cases interleaved round-robin (a load change on a shared
 machine hits every case alike); wall and process-CPU medians are both reported, the ratios use wall time.
 Peak memory is measured per case in its own subprocess (this script with the hidden --case flag), so the
-peaks do not mix: CUDA max_memory_allocated, or on CPU the growth of the peak RSS (ru_maxrss) over two steps.
+peaks do not mix: CUDA max_memory_allocated, or on CPU the growth of the peak RSS (VmHWM) over two steps.
 
     python experiments/bench_supernet.py [--C 16] [--layers 8] [--batch 32] [--size 32] [--json OUT]
 """
@@ -209,7 +209,17 @@ def _reset_peak_rss() -> None:
 
 
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """VmHWM, the peak RSS of this process's memory, which clear_refs resets.
+
+    ru_maxrss is not used where /proc is available: after fork + exec it also remembers the RSS of the forked
+    copy of the parent, so a large parent would hide the growth of the case.
+    """
+    try:
+        status = FilePath("/proc/self/status").read_text()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def memory_in_subprocess(case: str, args: argparse.Namespace, path: dict[str, list[int]]) -> float:

@@ -50,7 +50,7 @@ def test_canonical_names() -> None:
 
 @pytest.mark.parametrize("kernel", [3, 5])
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("size", [1, 5, 8])
+@pytest.mark.parametrize("size", [1, 6, 17])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_dilated_depthwise_matches_plain_conv(kernel: int, stride: int, size: int, channels_last: bool) -> None:
     torch.manual_seed(2)
