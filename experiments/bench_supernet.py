@@ -33,6 +33,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from controllers.reinforce import ReinforceConfig, ReinforceController
 from nas.errors import UserError, exit_on_user_error
 from search_spaces.darts import (
     GROUPS,
@@ -41,7 +42,7 @@ from search_spaces.darts import (
     SearchNetwork,
     edges_per_cell,
 )
-from search_spaces.ops import DARTS_OPS, DilatedDepthwise
+from search_spaces.ops import DARTS_OPS, Depthwise
 
 STEP_CASES = ("mixture", "path", "child", "baseline", "baseline_cl")
 CASES = STEP_CASES + ("controller",)
@@ -74,7 +75,7 @@ def reference_ops(model: torch.nn.Module) -> torch.nn.Module:
     """Swap our dilated depthwise convs (faster backward on CPU) back to the plain nn.Conv2d of the reference."""
     for module in model.modules():
         for name, child in module.named_children():
-            if isinstance(child, DilatedDepthwise):
+            if isinstance(child, Depthwise):
                 setattr(module, name, child.conv)
     return model
 
@@ -111,7 +112,7 @@ def build_step(case: str, args: argparse.Namespace, path: dict[str, list[int]], 
         x_child = x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
         return _train_step(list(child.parameters()), lambda: child(x_child)[0], y)
     if case.startswith("baseline"):
-        model: SearchNetwork = reference_ops(BaselineMixture(args.C, 10, args.layers, 3, all_ops_kept())).to(device)
+        model: torch.nn.Module = reference_ops(BaselineMixture(args.C, 10, args.layers, 3, all_ops_kept())).to(device)
     else:
         model = SearchNetwork(args.C, 10, args.layers, 3, all_ops_kept()).to(device)
     if case == "path":
@@ -137,8 +138,6 @@ def _train_step(params: list[torch.Tensor], forward: Callable[[], torch.Tensor],
 
 def build_controller_step(args: argparse.Namespace) -> Step:
     """One controller round: sample its default number of paths, update on random rewards."""
-    from controllers.reinforce import ReinforceConfig, ReinforceController
-
     shapes = {group: (edges_per_cell(STEPS), len(DARTS_OPS)) for group in GROUPS}
     cfg = ReinforceConfig()
     controller = ReinforceController(shapes, cfg, stage=0, generator=torch.Generator().manual_seed(args.seed))

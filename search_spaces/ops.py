@@ -77,75 +77,83 @@ def _space_to_batch(x: torch.Tensor, d: int) -> torch.Tensor:
     return parts.reshape(d * d * n, h // d, w // d, c).permute(0, 3, 1, 2)
 
 
-class _DilatedDepthwiseFn(torch.autograd.Function):
-    """Dilated depthwise conv ("same" padding) at stride 1 or stride = dilation, with a backward that avoids
-    oneDNN's slow dilated depthwise kernels.
+class _DepthwiseFn(torch.autograd.Function):
+    """Depthwise conv ("same" padding, dilation d) at stride 1 or stride = d > 1, built from fast CPU kernels.
 
-    Stride 1: grad_input is the same conv with the kernel flipped; grad_weight is the undilated weight gradient
-    over the polyphase components of input and output gradient, which a dilation-d conv reads independently.
     Stride d: the conv reads only the phase-(0, 0) pixels, so it is an undilated conv on x[:, :, ::d, ::d].
+    Kernel taps that can only read padding on a map smaller than the kernel's reach are cropped (they add zeros).
+    Backward: grad_input is the conv of the output gradient with the flipped kernel; grad_weight see _weight_grad.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, dilation: int, stride: int) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.dilation, ctx.stride = dilation, stride
-        if stride == 1:
-            return _depthwise(x, weight, dilation)
-        return _depthwise(x[:, :, ::stride, ::stride], weight, 1)
+        ctx.stride, ctx.dilation = stride, dilation if stride == 1 else 1  # the dilation of the conv that runs
+        source = x[:, :, ::stride, ::stride]
+        ctx.crop = tuple(_reach(weight.shape[i], source.shape[i], ctx.dilation) for i in (2, 3))
+        return _depthwise(source, weight[(..., *ctx.crop)], ctx.dilation)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         x, weight = ctx.saved_tensors
-        d, s = ctx.dilation, ctx.stride
+        s, d, crop = ctx.stride, ctx.dilation, (..., *ctx.crop)
+        kernel = weight[crop]
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
+            grad_source = _depthwise(grad, kernel.flip((2, 3)), d)
             if s == 1:
-                grad_x = _depthwise(grad, weight.flip((2, 3)), d)
+                grad_x = grad_source
             else:
                 grad_x = torch.zeros_like(x)
-                grad_x[:, :, ::s, ::s] = _depthwise(grad, weight.flip((2, 3)), 1)
+                grad_x[:, :, ::s, ::s] = grad_source
         if ctx.needs_input_grad[1]:
-            if s == 1:
-                grad_w = _dilated_weight_grad(grad, x, weight, d)
-            else:
-                grad_w = _depthwise_weight_grad(grad, x[:, :, ::s, ::s], weight)
+            grad_w = torch.zeros_like(weight)
+            grad_w[crop] = _weight_grad(grad, x[:, :, ::s, ::s], kernel, d)
         return grad_x, grad_w, None, None
 
 
+def _reach(kernel: int, size: int, dilation: int) -> slice:
+    """The kernel taps along one axis that can read a pixel of a map of `size` (the others read only padding)."""
+    half = min(kernel // 2, (size - 1) // dilation)
+    return slice(kernel // 2 - half, kernel // 2 + half + 1)
+
+
+def _padding(weight: torch.Tensor, dilation: int) -> list[int]:
+    return [dilation * (k // 2) for k in weight.shape[2:]]
+
+
 def _depthwise(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
-    return F.conv2d(x, weight, None, 1, dilation * (weight.shape[-1] // 2), dilation, weight.shape[0])
+    return F.conv2d(x, weight, None, 1, _padding(weight, dilation), dilation, weight.shape[0])
 
 
-def _dilated_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, d: int) -> torch.Tensor:
-    """Weight gradient of the stride-1 dilated depthwise conv of x.
+def _weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, d: int) -> torch.Tensor:
+    """Weight gradient of the stride-1 "same" depthwise conv of x with dilation d.
 
-    The undilated kernel over the polyphase components, except for kernels above 3x3 on maps under 16 pixels,
-    where oneDNN's undilated kernel is slow (7 ms for a 5x5 on [128, 64, 4, 4]) and a product-sum per tap wins.
+    oneDNN's undilated kernel, over the polyphase components when d > 1 (a dilation-d conv reads them
+    independently; its own dilated backward is 4-6x slower), except where those components are smaller than
+    the kernel: there oneDNN is slow (7 ms for a 5x5 on [128, 64, 4, 4]) and a product-sum per tap wins.
     """
-    k, (h, w) = weight.shape[-1], x.shape[-2:]
-    if k > 3 and min(h, w) < 16:
-        p = d * (k // 2)
-        xp = F.pad(x, (p, p, p, p))
-        taps = [(xp[:, :, i * d:i * d + h, j * d:j * d + w] * grad).sum((0, 2, 3)) for i in range(k) for j in range(k)]
+    (kh, kw), (h, w) = weight.shape[2:], x.shape[2:]
+    if min(h, w) < d * max(kh, kw):
+        ph, pw = _padding(weight, d)
+        xp = F.pad(x, (pw, pw, ph, ph))
+        taps = [(xp[:, :, i * d:i * d + h, j * d:j * d + w] * grad).sum((0, 2, 3))
+                for i in range(kh) for j in range(kw)]
         return torch.stack(taps, 1).view_as(weight)
-    return _depthwise_weight_grad(_space_to_batch(grad, d), _space_to_batch(x, d), weight)
+    if d > 1:
+        grad, x = _space_to_batch(grad, d), _space_to_batch(x, d)
+    return torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], _padding(weight, 1), [1, 1], False,
+                                               [0, 0], weight.shape[0], [False, True, False])[1]
 
 
-def _depthwise_weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Weight gradient of the undilated stride-1 "same" depthwise conv of x."""
-    pad = weight.shape[-1] // 2
-    return torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0],
-                                               weight.shape[0], [False, True, False])[1]
-
-
-class DilatedDepthwise(nn.Module):
-    """Depthwise k x k conv with dilation d > 1 and "same" padding, at stride 1 or d.
+class Depthwise(nn.Module):
+    """Depthwise k x k conv with dilation d and "same" padding, at stride 1 or d.
 
     The weight lives in a plain nn.Conv2d (`conv`) that runs as-is without autograd or off the CPU (inference,
-    FLOP counters); training on the CPU goes through _DilatedDepthwiseFn, which computes the same thing with
-    a backward 2-4x faster than oneDNN's dilated depthwise one.
+    FLOP counters), and where oneDNN is fast: undilated convs on maps at least as large as the kernel. Other
+    training steps on the CPU (dilated convs, small maps) go through _DepthwiseFn, which computes the same
+    thing 2-5x faster.
     """
 
     def __init__(self, C: int, kernel: int, stride: int, dilation: int):
@@ -155,9 +163,14 @@ class DilatedDepthwise(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
-        if not torch.is_grad_enabled() or x.device.type != "cpu" or conv.stride[0] not in (1, conv.dilation[0]):
-            return conv(x)
-        return _DilatedDepthwiseFn.apply(x, conv.weight, conv.dilation[0], conv.stride[0])
+        d, stride = conv.dilation[0], conv.stride[0]
+        if d == 1:
+            fast = stride == 1 and min(x.shape[2:]) < conv.kernel_size[0]
+        else:
+            fast = stride in (1, d)
+        if fast and torch.is_grad_enabled() and x.device.type == "cpu":
+            return _DepthwiseFn.apply(x, conv.weight, d, stride)
+        return conv(x)
 
 
 class DilConv(PreActivated):
@@ -166,8 +179,8 @@ class DilConv(PreActivated):
     def __init__(self, C_in: int, C_out: int, kernel: int, stride: int, padding: int, dilation: int,
                  affine: bool = True):
         super().__init__()
-        if dilation > 1 and padding == dilation * (kernel // 2):
-            depthwise: nn.Module = DilatedDepthwise(C_in, kernel, stride, dilation)
+        if padding == dilation * (kernel // 2):
+            depthwise: nn.Module = Depthwise(C_in, kernel, stride, dilation)
         else:
             depthwise = nn.Conv2d(C_in, C_in, kernel, stride=stride, padding=padding, dilation=dilation,
                                   groups=C_in, bias=False)

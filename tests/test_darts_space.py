@@ -81,7 +81,7 @@ def small_net() -> SearchNetwork:
 # ---------------------------------------------------------------------------- supernet
 
 
-@pytest.mark.parametrize("in_channels,size", [(1, 8), (3, 32), (1, 7)])
+@pytest.mark.parametrize("in_channels,size", [(1, 8), (1, 28), (3, 32), (1, 7)])
 def test_supernet_shapes_both_modes(in_channels: int, size: int) -> None:
     torch.manual_seed(0)
     net = SearchNetwork(4, 7, 3, in_channels, all_ops_kept())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search_spaces.ops import OPS, DilatedDepthwise, PreActivated, build_op, canonical_op_name
+from search_spaces.ops import OPS, Depthwise, PreActivated, build_op, canonical_op_name
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
@@ -49,13 +49,14 @@ def test_canonical_names() -> None:
 
 
 @pytest.mark.parametrize("kernel", [3, 5])
-@pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("size", [1, 6, 17])
+@pytest.mark.parametrize("stride,dilation", [(1, 1), (1, 2), (2, 2), (2, 1)])
+@pytest.mark.parametrize("height,width", [(1, 1), (1, 4), (6, 9), (17, 20)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_dilated_depthwise_matches_plain_conv(kernel: int, stride: int, size: int, channels_last: bool) -> None:
+def test_depthwise_matches_plain_conv(kernel: int, stride: int, dilation: int, height: int, width: int,
+                                      channels_last: bool) -> None:
     torch.manual_seed(2)
-    op = DilatedDepthwise(6, kernel, stride, 2).double()
-    x = torch.randn(3, 6, size, size, dtype=torch.double)
+    op = Depthwise(6, kernel, stride, dilation).double()
+    x = torch.randn(3, 6, height, width, dtype=torch.double)
     x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_fast, out_ref = op(x_fast), op.conv(x_ref)
@@ -69,7 +70,7 @@ def test_dilated_depthwise_matches_plain_conv(kernel: int, stride: int, size: in
     torch.testing.assert_close(weight_fast, weight_ref)
 
 
-def test_dilated_depthwise_runs_plain_conv_without_grad() -> None:
+def test_depthwise_runs_plain_conv_without_grad() -> None:
     op = build_op("dil_conv_3x3", 4, 1)
     calls = []
     op.body[0].conv.register_forward_hook(lambda *args: calls.append(1))  # what FLOP counters such as thop see
