@@ -146,7 +146,8 @@ class StageRunner:
         self.generator = torch.Generator().manual_seed(self.cfg.run.seed + stage)
         self.controller = build_controller(self.cfg, shapes, stage, self.generator).to(search.device)
         o = self.cfg.optim
-        self.w_opt = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
+        self.params = list(self.model.parameters())  # walking a supernet's modules costs ms per call
+        self.w_opt = torch.optim.SGD(self.params, lr=o.lr, momentum=o.momentum,
                                      weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.w_opt, T_max=self.cfg.stages.epochs[stage], eta_min=o.lr_min)
@@ -198,7 +199,7 @@ class StageRunner:
         if not torch.isfinite(loss):
             raise TrainingDiverged(self.search.where(f"loss became {loss.item()}"))
         loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
         self.w_opt.step()
         p = self.search.progress
         p.sums["loss"] += loss.item() * len(y)
