@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stage", type=int, help="run only stage N (1-based), from stage N-1's saved state")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     parser.add_argument("--seed", type=int, help="shortcut for --set run.seed=S")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override config values, e.g. --set stages.epochs=[2,2,2] data.batch_size=32")
     return parser.parse_args(argv)
 

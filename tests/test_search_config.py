@@ -99,3 +99,9 @@ def test_foreign_checkpoint_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         search.main(["--resume", str(tmp_path)])
     assert "not a search checkpoint of this project" in capsys.readouterr().err
+
+
+def test_repeated_set_flags_all_apply():
+    args = search.parse_args(["-c", QUICK, "--set", "model.C=4", "--set", "data.batch_size=8", "optim.lr=0.1"])
+    cfg, _ = search.prepare(args)
+    assert (cfg.model.C, cfg.data.batch_size, cfg.optim.lr) == (4, 8, 0.1)
