@@ -16,6 +16,44 @@ import yaml
 from nas.errors import UserError
 
 T = TypeVar("T")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclasses.dataclass
+class SGDConfig:
+    """SGD with momentum and a cosine lr from `lr` to `lr_min`; `grad_clip` is a max grad norm (0: off)."""
+
+    lr: float = 0.025
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+
+    def validate_sgd(self, section: str) -> None:
+        """Raise UserError naming `section.field` for the first SGD value that cannot work."""
+        checks = [
+            (self.lr > 0, f"{section}.lr must be > 0, got {self.lr}"),
+            (0 <= self.lr_min <= self.lr, f"{section}.lr_min must be in [0, {section}.lr], got {self.lr_min}"),
+            (0 <= self.momentum < 1, f"{section}.momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"{section}.weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.grad_clip >= 0, f"{section}.grad_clip must be >= 0 (0 disables it), got {self.grad_clip}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+
+@dataclasses.dataclass
+class RunConfigBase:
+    """What every `run:` section holds: the seed, where runs go, the device (auto: CUDA when visible)."""
+
+    seed: int = 0
+    out_dir: str = "runs"
+    device: str = "auto"
+
+    def validate_device(self) -> None:
+        if self.device not in DEVICES:
+            raise UserError(f"run.device {self.device!r} is unknown; choose one of {', '.join(DEVICES)}")
 
 
 def _type_name(tp: Any) -> str:

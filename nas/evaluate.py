@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
 from nas.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
-from nas.config import build_dataclass, load_config, to_dict
+from nas.config import RunConfigBase, SGDConfig, build_dataclass, load_config, to_dict
 from nas.data import DATASETS, ImageData, load_dataset
 from nas.errors import UserError
 from nas.genotype import (
@@ -46,7 +46,6 @@ from search_spaces.darts import NetworkEval
 KIND = "eval"
 RECORD = "genotype.json"
 SCHEDULERS = ("cosine", "step")
-DEVICES = ("auto", "cpu", "cuda")
 MIN_IMAGE_SIZE = 4  # two stride-2 reduction cells
 # Keys that may differ on --resume: where the data lives and how it is fed; the rest fixes the run's result.
 RESUME_KEYS = ("data.root", "data.download", "data.num_workers", "run.device", "run.amp", "run.channels_last",
@@ -78,28 +77,20 @@ class EvalModelConfig:
 
 
 @dataclass
-class EvalTrainConfig:
+class EvalTrainConfig(SGDConfig):
     """The `train:` section: SGD, the lr schedule (cosine or step per epoch) and the loss."""
 
     epochs: int = 600
     batch_size: int = 96  # global: split evenly over the processes of a DDP run
-    lr: float = 0.025
-    lr_min: float = 0.0
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
     scheduler: str = "cosine"
     lr_gamma: float = 0.97  # per-epoch decay of the step scheduler
-    grad_clip: float = 5.0  # 0 disables clipping
     label_smoothing: float = 0.0
 
 
 @dataclass
-class EvalRunConfig:
+class EvalRunConfig(RunConfigBase):
     """The `run:` section: seed, device and precision (None = automatic: on for CUDA, off for CPU)."""
 
-    seed: int = 0
-    out_dir: str = "runs"
-    device: str = "auto"
     amp: bool | None = None
     channels_last: bool | None = None
 
@@ -126,20 +117,16 @@ class EvalConfig:
             (0 <= m.drop_path_prob < 1, f"model.drop_path_prob must be in [0, 1), got {m.drop_path_prob}"),
             (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
             (t.batch_size >= 2, f"train.batch_size must be >= 2 (BatchNorm needs 2 images), got {t.batch_size}"),
-            (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
-            (0 <= t.lr_min <= t.lr, f"train.lr_min must be in [0, train.lr], got {t.lr_min}"),
-            (0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}"),
-            (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
             (t.scheduler in SCHEDULERS, f"train.scheduler {t.scheduler!r} is unknown; choose one of "
                                         f"{', '.join(SCHEDULERS)}"),
             (0 < t.lr_gamma <= 1, f"train.lr_gamma must be in (0, 1], got {t.lr_gamma}"),
-            (t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 disables it), got {t.grad_clip}"),
             (0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}"),
-            (r.device in DEVICES, f"run.device {r.device!r} is unknown; choose one of {', '.join(DEVICES)}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        t.validate_sgd("train")
+        r.validate_device()
 
 
 def _lookup(config: Any, dotted: str) -> tuple[Any, str]:

@@ -199,7 +199,8 @@ class StageRunner:
         if not torch.isfinite(loss):
             raise TrainingDiverged(self.search.where(f"loss became {loss.item()}"))
         loss.backward()
-        nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
+        if self.cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
         self.w_opt.step()
         p = self.search.progress
         p.sums["loss"] += loss.item() * len(y)
@@ -345,8 +346,10 @@ class Search:
 
     def where(self, what: str) -> str:
         p = self.progress
-        return (f"{what} at stage {p.stage + 1}, epoch {p.epoch + 1}, step {p.step}; the last good checkpoint in "
-                f"{self.run_dir} is kept (lower optim.lr and resume with --resume {self.run_dir})")
+        return (f"{what} at stage {p.stage + 1}, epoch {p.epoch + 1}, step {p.step}; the last good checkpoint and "
+                f"the finished stages are kept in {self.run_dir}; rerun this stage from them with a lower lr: "
+                f"python search.py -c {self.run_dir / 'config.yaml'} --run-dir {self.run_dir} --stage {p.stage + 1} "
+                f"--set optim.lr={self.cfg.optim.lr / 4:g}")
 
     def log_arch_metrics(self, stage: int, metrics: dict[str, float]) -> None:
         """Controller scalars: `entropy` under arch/, everything a REINFORCE update reports under reinforce/."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from controllers.gradient import GradientConfig
 from controllers.reinforce import ReinforceConfig
 from controllers.reward import RewardConfig
+from nas.config import RunConfigBase, SGDConfig
 from nas.data import DataConfig
 from nas.errors import UserError
 from search_spaces.ops import DARTS_OPS, canonical_op_name
@@ -42,23 +43,14 @@ class StagesConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(SGDConfig):
     """The `optim:` section: SGD on the supernet weights, cosine per stage."""
-
-    lr: float = 0.025
-    lr_min: float = 0.0
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
 
 
 @dataclass
-class RunConfig:
+class RunConfig(RunConfigBase):
     """The `run:` section: seed, device, where and how often to write."""
 
-    seed: int = 0
-    out_dir: str = "runs"
-    device: str = "auto"
     checkpoint_every: int = 0
     log_every: int = 10
     draw: bool = True
@@ -90,10 +82,8 @@ class SearchConfig:
         self.data.validate()
         self._validate_model()
         self._validate_stages()
-        if self.optim.lr <= 0 or self.optim.grad_clip <= 0:
-            raise UserError("optim.lr and optim.grad_clip must be positive")
-        if self.run.device not in ("auto", "cpu", "cuda"):
-            raise UserError(f"run.device must be auto, cpu or cuda, got {self.run.device!r}")
+        self.optim.validate_sgd("optim")
+        self.run.validate_device()
         if self.run.checkpoint_every < 0 or self.run.log_every <= 0:
             raise UserError("run.checkpoint_every must be >= 0 and run.log_every positive")
         if self.controller == "gradient":

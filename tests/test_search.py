@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from conftest import ROOT, TINY_SEARCH
 import search
 from controllers.base import ArchStepContext
 from controllers.gradient import GradientConfig, GradientController
+from nas import search as search_loop
+from nas.checkpoint import CHECKPOINT, load_checkpoint
 from nas.data import DataConfig, search_loaders
 from nas.genotype import genotype_from_dict, read_record, validate_genotype
 from nas.search import CyclingBatches, skip_dropout_rate
@@ -110,3 +113,30 @@ def test_second_order_step_restores_weights_and_moves_alphas():
     *_, grads1 = _tiny_supernet_step(order=1)
     assert all(torch.isfinite(g).all() for g in grads2.values())
     assert any(not torch.allclose(grads1[g], grads2[g]) for g in grads1)  # the unrolled term matters
+
+
+def test_nan_loss_stops_naming_where_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    saved_steps = []
+    real_save, real_batch = search_loop.save_checkpoint, search_loop.StageRunner._batch
+
+    def save(run_dir, state, kind):
+        saved_steps.append(state["progress"]["global_step"])
+        return real_save(run_dir, state, kind)
+
+    def poisoned_after_the_first_save(self, batch):
+        x, y = real_batch(self, batch)
+        return (x * float("nan") if saved_steps else x), y
+
+    monkeypatch.setattr(search_loop, "save_checkpoint", save)
+    monkeypatch.setattr(search_loop.StageRunner, "_batch", poisoned_after_the_first_save)
+    run_dir = tmp_path / "run"
+    code = search.main(["-c", QUICK, "--run-dir", str(run_dir), "--set", *TINY_SEARCH, "run.checkpoint_every=2"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert re.search(r"(loss became nan|architecture logits became non-finite) at stage 1, epoch 1, step 2", err)
+    assert f"--run-dir {run_dir} --stage 1 --set optim.lr=" in err
+    assert saved_steps == [2] and (run_dir / CHECKPOINT).exists()
+    assert load_checkpoint(run_dir, "search")["progress"]["global_step"] == 2
+    monkeypatch.undo()  # the command the message gives reruns the stage
+    rerun = err.split("python search.py ")[1].split()
+    assert search.main(rerun) == 0 and (run_dir / "stages" / "stage1.json").exists()
