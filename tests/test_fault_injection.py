@@ -8,24 +8,31 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
-from conftest import ROOT, TINY_SEARCH
+from conftest import ROOT, TINY_RUNS, TINY_SEARCH
 
 from nas.genotype import read_record
 
-QUICK = str(ROOT / "experiments" / "quick_digits.yaml")
 SETTINGS = [*TINY_SEARCH, "run.checkpoint_every=3"]
 
 
-def _search(run_dir, *extra: str) -> subprocess.Popen:
-    args = ["-c", QUICK, "--run-dir", str(run_dir), "--set", *SETTINGS] if not extra else list(extra)
+def _search(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "search.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("controller", sorted(TINY_RUNS))
+def test_sigkill_then_resume_matches_uninterrupted_run(controller, tmp_path):
+    """REINFORCE also restores its baseline, Adam state, sample window and sampling generator."""
+    config, extra = TINY_RUNS[controller]
+
+    def start(run_dir):
+        return _search(["-c", str(ROOT / "experiments" / config), "--run-dir", str(run_dir), "--set",
+                                 *SETTINGS, *extra])
+
     started = time.time()
-    reference = _search(tmp_path / "reference")
+    reference = start(tmp_path / "reference")
     assert reference.wait(timeout=600) == 0, reference.stderr.read()
     duration = time.time() - started
 
@@ -33,7 +40,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     rng = random.Random(seed)
     print(f"fault-injection seed {seed} (set FAULT_SEED={seed} to repeat this kill point)")
     killed_dir = tmp_path / "killed"
-    victim = _search(killed_dir)
+    victim = start(killed_dir)
     while not (killed_dir / "checkpoint.pt").exists() and victim.poll() is None:
         time.sleep(0.05)
     time.sleep(rng.uniform(0.0, 0.8) * duration)
@@ -41,12 +48,13 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     victim.wait()
     print(f"killed after {time.time() - started - duration:.1f}s of a {duration:.1f}s run")
 
-    resumed = _search(killed_dir, "--resume", str(killed_dir))
+    resumed = _search(["--resume", str(killed_dir)])
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
     expected, got = read_record(tmp_path / "reference" / "genotype.json"), read_record(killed_dir / "genotype.json")
     assert got["genotype"] == expected["genotype"]
     for a, b in zip(expected["search"]["stages"], got["search"]["stages"]):
         assert a["kept_ops"] == b["kept_ops"] and a["kept_after"] == b["kept_after"]
+        assert a.get("best_recent") == b.get("best_recent")
         for cell in ("normal", "reduce"):
             assert torch.allclose(torch.tensor(a["probabilities"][cell]), torch.tensor(b["probabilities"][cell]),
                                   atol=1e-6)
