@@ -9,7 +9,9 @@ sample is cheap.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
+import torch
 from torch import nn
 
 from nas.genotype import Genotype
@@ -28,26 +30,39 @@ from search_spaces.darts import (
 from search_spaces.ops import FactorizedReduce, ReLUConvBN, build_op
 
 
-@functools.cache
+def _cost_table(fn: Callable[..., float]) -> Callable[..., float]:
+    """Cache `fn`, and keep the global RNG untouched while it builds modules: a search costs samples as it goes,
+    and a resumed run, whose cache starts empty, must draw the same random numbers as an uninterrupted one."""
+
+    @functools.cache
+    @functools.wraps(fn)
+    def cached(*args):
+        with torch.random.fork_rng(devices=[]):
+            return fn(*args)
+
+    return cached
+
+
+@_cost_table
 def op_flops(name: str, C: int, stride: int, size: int) -> float:
     """MACs (millions) of one eval op (affine, no BN after pools) on a 1 x C x size x size input."""
     return flops_millions(build_op(name, C, stride, affine=True), (1, C, size, size))
 
 
-@functools.cache
+@_cost_table
 def preprocess_flops(C_in: int, C_out: int, size: int, factorized: bool) -> float:
     """MACs (millions) of a cell's input preprocessing: FactorizedReduce after a reduction, else ReLU-1x1-BN."""
     module = FactorizedReduce(C_in, C_out) if factorized else ReLUConvBN(C_in, C_out, 1, 1, 0)
     return flops_millions(module, (1, C_in, size, size))
 
 
-@functools.cache
+@_cost_table
 def stem_flops(in_channels: int, C_out: int, size: int) -> float:
     """MACs (millions) of the stem conv 3x3 + BN."""
     return flops_millions(_stem(in_channels, C_out), (1, in_channels, size, size))
 
 
-@functools.cache
+@_cost_table
 def classifier_flops(features: int, num_classes: int) -> float:
     """MACs (millions) of the final linear layer (the global pool is functional: thop counts it zero)."""
     return flops_millions(nn.Linear(features, num_classes), (1, features))

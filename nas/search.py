@@ -124,6 +124,7 @@ class Progress:
     kept_ops: KeptOps = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
     sums: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "correct": 0.0, "count": 0.0})
+    summary: dict[str, float] = field(default_factory=dict)  # the stage's last epoch summary
 
 
 def build_controller(cfg: SearchConfig, shapes: dict[str, tuple[int, int]], stage: int,
@@ -284,7 +285,6 @@ class StageRunner:
         p, st = self.search.progress, self.cfg.stages
         epochs, warmup = st.epochs[self.stage], st.warmup_epochs[self.stage]
         policy_epochs = epochs - warmup if self.separate else 0
-        summary: dict[str, float] = {}
         while p.epoch < epochs + policy_epochs:
             if p.epoch < epochs:
                 self.skip_p = skip_dropout_rate(st.skip_dropout[self.stage], p.epoch, epochs, warmup)
@@ -294,11 +294,11 @@ class StageRunner:
                 self.scheduler.step()
             else:
                 self._policy_epoch()
-            summary = self._epoch_summary(p.epoch, epochs + policy_epochs)
+            p.summary = self._epoch_summary(p.epoch, epochs + policy_epochs)
             p.epoch, p.step = p.epoch + 1, 0
             p.sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
             self.search.checkpoint(self)
-        return summary
+        return p.summary
 
 
 class Search:
@@ -384,7 +384,7 @@ class Search:
         self.monitor.text("stage{s}/genotype", str(genotype), p.global_step, s=stage + 1)
         self._draw_stage(stage, genotype)
         log.info("stage %d done: %s (%.3fM params at eval scale)", stage + 1, genotype, entry["params_M"])
-        p.kept_ops, p.stage, p.epoch, p.step = kept_after, stage + 1, 0, 0
+        p.kept_ops, p.stage, p.epoch, p.step, p.summary = kept_after, stage + 1, 0, 0, {}
         elapsed = p.elapsed + (time.time() - self._started)
         stage_file = self.run_dir / "stages" / f"stage{stage + 1}.json"
         stage_file.parent.mkdir(exist_ok=True)

@@ -405,8 +405,10 @@ class NetworkEval(FixedNetwork):
 
 @functools.cache
 def _op_params(name: str, C: int, stride: int) -> int:
-    """Parameters of one eval op (affine=True); each (op, C, stride) is built once."""
-    return sum(p.numel() for p in build_op(name, C, stride, affine=True).parameters())
+    """Parameters of one eval op (affine=True); each (op, C, stride) is built once, on the meta device so that
+    costing a sample mid-search draws nothing from the global RNG (a resumed run samples alike)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_op(name, C, stride, affine=True).parameters())
 
 
 def eval_param_count(genotype: Genotype, C: int = 36, layers: int = 20, num_classes: int = 10,

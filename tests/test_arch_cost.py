@@ -33,3 +33,16 @@ def test_darts_v2_matches_the_published_measurement_and_space_scale() -> None:
     space = DartsSpace(C=4, num_classes=10, in_channels=1, normal_ops=list(DARTS_OPS), reduce_ops=list(DARTS_OPS),
                        eval_C=8, eval_layers=5)
     assert space_flops_millions(space, genotype, 8) == eval_flops_millions(genotype, 8, 5, 10, 1, 8)
+
+
+def test_costing_an_architecture_leaves_the_global_rng_alone() -> None:
+    """A search costs each sample as it goes; a resumed run (empty tables) must draw the same random numbers."""
+    import torch
+
+    from search_spaces.darts import eval_param_count
+
+    genotype = load_genotype("PC_DARTS")
+    before = torch.get_rng_state()
+    eval_flops_millions(genotype, C=22, layers=7, size=24)  # sizes no other test costs: every table entry is new
+    eval_param_count(genotype, C=22, layers=7)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -53,8 +53,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(controller, tmp_path):
     expected, got = read_record(tmp_path / "reference" / "genotype.json"), read_record(killed_dir / "genotype.json")
     assert got["genotype"] == expected["genotype"]
     for a, b in zip(expected["search"]["stages"], got["search"]["stages"]):
-        assert a["kept_ops"] == b["kept_ops"] and a["kept_after"] == b["kept_after"]
-        assert a.get("best_recent") == b.get("best_recent")
         for cell in ("normal", "reduce"):
             assert torch.allclose(torch.tensor(a["probabilities"][cell]), torch.tensor(b["probabilities"][cell]),
                                   atol=1e-6)
+        # everything else a stage records (kept ops, accuracies, REINFORCE's best recent sample) is equal too
+        assert {k: v for k, v in a.items() if k != "probabilities"} == {k: v for k, v in b.items()
+                                                                          if k != "probabilities"}

@@ -61,6 +61,24 @@ def test_per_stage_runs_repeat_the_full_run(full_run, tmp_path):
         assert a["probabilities"] == b["probabilities"] and a["train_acc"] == b["train_acc"]
 
 
+def test_kill_between_a_stages_last_epoch_and_its_end_resumes_exactly(full_run, tmp_path, monkeypatch):
+    """The stage's last epoch is saved, its end is not: the resumed run finishes the stage from the saved summary."""
+    real_save = search_loop.save_checkpoint
+
+    def save_then_die(run_dir, state, kind):
+        real_save(run_dir, state, kind)
+        raise KeyboardInterrupt  # the first save is stage 1's only epoch end
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(search_loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        search.main(["-c", QUICK, "--run-dir", str(run_dir), "--set", *TINY_SEARCH, "run.draw=true"])
+    monkeypatch.undo()
+    assert search.main(["--resume", str(run_dir)]) == 0
+    full, resumed = read_record(full_run / "genotype.json"), read_record(run_dir / "genotype.json")
+    assert resumed["genotype"] == full["genotype"] and resumed["search"]["stages"] == full["search"]["stages"]
+
+
 def test_stage_needs_the_previous_stage(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         search.main(["-c", QUICK, "--run-dir", str(tmp_path), "--stage", "2", "--set", *TINY_SEARCH])
