@@ -41,12 +41,16 @@ def test_sigkill_then_resume_matches_uninterrupted_run(controller, tmp_path):
     print(f"fault-injection seed {seed} (set FAULT_SEED={seed} to repeat this kill point)")
     killed_dir = tmp_path / "killed"
     victim = start(killed_dir)
+    victim_started = time.time()
     while not (killed_dir / "checkpoint.pt").exists() and victim.poll() is None:
         time.sleep(0.05)
-    time.sleep(rng.uniform(0.0, 0.8) * duration)
+    first_checkpoint = time.time() - victim_started
+    time.sleep(rng.uniform(0.0, 0.8) * max(duration - first_checkpoint, 0.0))  # a random point of the rest
+    assert victim.poll() is None, "the run ended before the kill; the kill point must fall inside the run"
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    print(f"killed after {time.time() - started - duration:.1f}s of a {duration:.1f}s run")
+    print(f"killed after {time.time() - victim_started:.1f}s of a {duration:.1f}s run "
+          f"(first checkpoint at {first_checkpoint:.1f}s)")
 
     resumed = _search(["--resume", str(killed_dir)])
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
