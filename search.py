@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
     if record is None:
-        print(f"stage {args.stage} done; run --stage {args.stage + 1} --run-dir {run_dir} to go on")
+        done = search.progress.stage  # finished stages; a resumed --stage run knows its stage from the checkpoint
+        print(f"stage {done} done; run --stage {done + 1} --run-dir {run_dir} to go on")
     else:
         from nas.genotype import genotype_from_dict
 

@@ -236,7 +236,7 @@ class StageRunner:
     def _policy_epoch(self) -> None:
         """Separate mode: policy updates on validation batches with the supernet frozen."""
         p, search = self.search.progress, self.search
-        for _ in range(p.step, len(search.val_loader)):
+        for _ in range(p.step, search.val_batches_per_epoch):
             metrics = self._arch_step(None, p.step)
             search.log_arch_metrics(self.stage, metrics)
             p.step += 1
@@ -308,6 +308,7 @@ class Search:
         self.cfg, self.run_dir = cfg, run_dir
         self.device = resolve_device(cfg.run.device)
         data, self.train_loader, self.val_loader = search_loaders(cfg.data, cfg.run.seed)
+        self.val_batches_per_epoch = len(self.val_loader)  # a policy epoch; the loader's len shrinks on resume
         self.val_eval_loader = DataLoader(torch.utils.data.Subset(data.dataset, list(self.val_loader.sampler.indices)),
                                           batch_size=cfg.data.batch_size * 2)
         self.space = build_space(cfg, data)

@@ -43,3 +43,30 @@ def test_parameter_penalty_shrinks_the_architecture(tmp_path):
                             f"reward.alpha=[{alpha},{alpha},{alpha}]"]) == 0
         params[alpha] = read_record(run_dir / "genotype.json")["metrics"]["params_M"]
     assert params[-1.0] < params[0.0], params
+
+
+def test_separate_mode_resumed_inside_a_policy_epoch_matches(tmp_path, monkeypatch):
+    """Killed inside the first of two policy epochs (frozen supernet), the resumed stage ends exactly alike."""
+    from nas import search as search_loop
+
+    settings = [*TINY_RL, "reinforce.mode=separate", "stages.epochs=[3,1,1]", "stages.warmup_epochs=[1,0,0]",
+                "run.checkpoint_every=3", "run.draw=false"]
+
+    def stage_one(run_dir):
+        return search.main(["-c", QUICK_RL, "--run-dir", str(run_dir), "--stage", "1", "--set", *settings])
+
+    assert stage_one(tmp_path / "reference") == 0
+    real_save = search_loop.save_checkpoint
+
+    def die_inside_the_first_policy_epoch(run_dir, state, kind):
+        real_save(run_dir, state, kind)
+        if state["progress"]["epoch"] == 3 and state["progress"]["step"] > 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_loop, "save_checkpoint", die_inside_the_first_policy_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        stage_one(tmp_path / "killed")
+    monkeypatch.undo()
+    assert search.main(["--resume", str(tmp_path / "killed")]) == 0
+    expected, got = (read_record(tmp_path / run / "stages" / "stage1.json") for run in ("reference", "killed"))
+    assert got["stages"] == expected["stages"] and got["global_step"] == expected["global_step"]
