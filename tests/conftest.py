@@ -1,6 +1,7 @@
-"""Shared fixtures: repository paths, the offline shared data, and a tiny search config."""
+"""Shared fixtures: repository paths, the offline shared data, a tiny search config, a disk that fills up."""
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Callable
@@ -12,6 +13,22 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def disk_full_after_first_save(monkeypatch):
+    """torch.save writes the first file, then every later call fails with ENOSPC (a disk that filled up)."""
+    import torch
+
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
 
 # A search small enough for a test: 3 stages on digits, every op of the DARTS set in stage 1.
 TINY_SEARCH = [

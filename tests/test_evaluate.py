@@ -1,7 +1,6 @@
 """The eval trainer on digits: records, resume equality (in process and after SIGKILL), NaN guard, bad input."""
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -161,16 +160,8 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path, mo
     assert saved == [1] and load_checkpoint(run_dir, "eval")["epoch"] == 1
 
 
-def test_full_disk_while_saving_exits_2_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
-    real_save, calls = torch.save, []
-
-    def save(obj, f, *args, **kwargs):
-        calls.append(1)
-        if len(calls) > 1:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", save)
+def test_full_disk_while_saving_exits_2_and_keeps_the_previous_checkpoint(disk_full_after_first_save, tmp_path,
+                                                                          monkeypatch, capsys):
     run_dir = tmp_path / "run"
     code, _, err = run_main(TINY + ["--epochs", "2", "--run-dir", str(run_dir)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "No space left on device" in err
