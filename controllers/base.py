@@ -14,6 +14,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from nas.arch_types import KeptOps
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 Path = dict[str, torch.Tensor]  # group -> LongTensor[E]: index of the op run on each edge
 
@@ -51,6 +53,10 @@ class Controller(nn.Module, ABC):
     def argmax_path(self) -> Path:
         """The most probable op on every edge."""
         return {group: alpha.detach().argmax(dim=-1) for group, alpha in self.alphas.items()}
+
+    def architecture(self, space: Any, kept_ops: KeptOps, max_skip: int | None = None) -> Any:
+        """The architecture this controller outputs now: the space's derivation from the op probabilities."""
+        return space.derive(self.probs(), kept_ops, max_skip)
 
     @abstractmethod
     def weight_forward_kwargs(self) -> dict[str, Any]:

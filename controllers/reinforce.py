@@ -1,21 +1,32 @@
-"""REINFORCE over the per-edge architecture logits, off-policy with a choice of behaviour policy.
+"""REINFORCE over architecture decisions, off-policy with a choice of behaviour policy.
 
-Policy: pi(a) = prod_e softmax(theta_e)[a_e] (the same logits as the gradient controller). Samples a
-come from a behaviour policy mu (see controllers/sampling.py); the update ascends
+What a sample is (``reinforce.sample``):
+
+- ``genotype`` (default): a sample is a cell genotype, two distinct inputs per node and one non-`none` op per
+  chosen input, with `max_skip` enforced while sampling (controllers/genotype_policy.py). The supernet runs
+  exactly those edges, and the reward's accuracy, parameters and FLOPs all belong to that genotype, the one the
+  search can output. Its decisions are the per-node input pair and the op of each chosen edge.
+- ``edges`` (the original design): one op, `none` included, on every edge; a decision is an edge. The reward's
+  size is then that of the genotype derived from the path, which is not the path that was scored.
+
+Policy pi = the product of the decisions' categoricals (the op logits are the gradient controller's, so op
+dropping and monitoring are shared). Samples a come from a behaviour policy mu applied to every decision (see
+controllers/sampling.py); the update ascends
 
     g = mean_i w_i (R_i - b) grad log pi(a_i) + beta * grad H(pi),
 
 with w_i = pi(a_i) / mu(a_i) truncated at c, or self-normalised (w_i = n pi/mu / sum_j pi/mu), b an EMA
-of the rewards and H the entropy of pi (the sum of the per-edge entropies). Adam takes the step.
-With the ``argmax`` behaviour mu puts mass 1 on the greedy path, so the greedy path is scored with
-w = pi(a*) / 1, its exact importance weight, and nothing else is ever sampled.
+of the rewards and H the sum of the decisions' entropies. Adam takes the step.
+With the ``argmax`` behaviour mu puts mass 1 on the greedy decisions, so they are scored with
+w = pi(a*) / 1, their exact importance weight, and nothing else is ever sampled.
 
-The path weight pi(a)/mu(a) is a product over all edges, so with many edges and mu far from pi it
+The path weight pi(a)/mu(a) is a product over all decisions, so with many of them and mu far from pi it
 collapses: on the DARTS shape (2 x 14 edges, 8 ops, near-uniform pi) the median batch-mean weight is
 ~1e-13 for epsilon_greedy(0.2) and ~1e-26 for argmax, below Adam's eps, and the policy does not move.
-``importance="edge"`` weights the score of edge e by its own ratio pi_e(a_e)/mu_e(a_e) instead. That is
-the exact gradient of E[R] with a_e ~ pi_e and the other edges ~ mu (the value of an op in the context
-the behaviour policy builds), equal to the policy gradient when R is additive over edges or mu = pi.
+``importance="decision"`` (the default) weights the score of decision d by its own truncated ratio
+pi_d(a_d)/mu_d(a_d) instead. Its bias: each decision is valued in the context that the behaviour policy builds
+for the others (it is the exact gradient of E[R] with a_d ~ pi_d and the other decisions ~ mu), so it equals the
+policy gradient when R is additive over decisions or mu = pi.
 
 :class:`ReinforceController` is usable without a supernet: :meth:`ReinforceController.sample` and
 :meth:`ReinforceController.update` take any rewards (the NAS-Bench-201 benchmark feeds table
@@ -29,21 +40,27 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from controllers.base import ArchStepContext, Controller, Path
+from controllers.base import ArchStepContext, Controller, KeptOps, Path
+from controllers.genotype_policy import GenotypePolicy
 from controllers.sampling import (
     BEHAVIOURS,
     BatchedPaths,
+    BehaviourPolicy,
     edge_log_probs,
     log_softmax,
     make_behaviour,
     stack_paths,
     unstack_paths,
 )
+from nas.arch_types import CellLayout
 from nas.errors import UserError
 
 INIT_STD = 1e-3
-IMPORTANCE = ("path", "edge")
+IMPORTANCE = ("path", "decision")
+SAMPLES = ("genotype", "edges")
 MODES = ("interleaved", "separate")
 WEIGHT_SAMPLING = ("uniform", "behaviour")
 
@@ -58,11 +75,12 @@ class ReinforceConfig:
     out over tens of updates.
     """
 
+    sample: str = "genotype"  # genotype: a sample is a genotype | edges: one op on every edge (the original design)
     behaviour: str = "epsilon_greedy"  # multinomial | uniform | epsilon_greedy | argmax
     epsilon: list[float] = field(default_factory=lambda: [0.2, 0.2, 0.2])  # per stage (epsilon_greedy)
     truncation: float = 5.0  # importance weights are clipped at this value
     self_normalize: bool = False  # normalise the weights to mean 1 over a batch instead of truncating
-    importance: str = "path"  # path: w = pi(a)/mu(a); edge: w_e = pi_e(a_e)/mu_e(a_e) per edge (see module doc)
+    importance: str = "decision"  # decision: one ratio pi_d/mu_d per decision; path: w = pi(a)/mu(a) (module doc)
     baseline_decay: float = 0.95
     entropy_weight: float = 1e-4
     lr: float = 0.05
@@ -75,6 +93,9 @@ class ReinforceConfig:
 
     def validate(self, num_stages: int) -> None:
         """Raise UserError naming the first bad field."""
+        if self.importance == "edge":  # the first version's name: with per-edge sampling an edge is a decision
+            self.importance = "decision"
+        _choice("sample", self.sample, SAMPLES)
         _choice("behaviour", self.behaviour, tuple(BEHAVIOURS))
         _choice("importance", self.importance, IMPORTANCE)
         _choice("mode", self.mode, MODES)
@@ -162,19 +183,29 @@ class ReinforceController(Controller):
     """Off-policy REINFORCE with an EMA baseline, an entropy bonus and Adam on the logits."""
 
     def __init__(self, shapes: dict[str, tuple[int, int]], cfg: ReinforceConfig, stage: int,
-                 generator: torch.Generator | None = None):
-        """`generator` (CPU) drives the initial logits and every sample; without it the global RNG does."""
+                 generator: torch.Generator | None = None, layouts: dict[str, CellLayout] | None = None):
+        """`generator` (CPU) drives the initial logits and every sample; without it the global RNG does.
+
+        `layouts` (the space's cells) are needed to sample genotypes (``cfg.sample == "genotype"``).
+        """
         super().__init__(shapes, INIT_STD)
         self.cfg = cfg
         self.update_interval = cfg.rl_interval_steps
         self.behaviour = make_behaviour(cfg.behaviour, cfg.epsilon[stage])
         self.weight_sampler = self.behaviour if cfg.weight_sampling == "behaviour" else make_behaviour("uniform")
         self.generator = generator
+        self.cells: GenotypePolicy | None = None
+        if cfg.sample == "genotype":
+            if layouts is None:
+                raise UserError("reinforce.sample=genotype needs a cell search space; use reinforce.sample=edges")
+            self.cells = GenotypePolicy(layouts)
+            self.pair_logits = nn.ParameterDict(
+                {group: nn.Parameter(INIT_STD * torch.randn(n)) for group, n in self.cells.pair_shapes().items()})
         if generator is not None:
             with torch.no_grad():
-                for alpha in self.alphas.values():
-                    alpha.copy_(INIT_STD * torch.randn(alpha.shape, generator=generator))
-        self.optimizer = torch.optim.Adam(self.alphas.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+                for logits in self.parameters():
+                    logits.copy_(INIT_STD * torch.randn(logits.shape, generator=generator))
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         self.baseline: float | None = None
         self.recent: deque[tuple[Path, float]] = deque(maxlen=cfg.last_n)
         self.samples_seen = 0
@@ -182,9 +213,45 @@ class ReinforceController(Controller):
     def _cpu_logits(self) -> dict[str, torch.Tensor]:
         return {group: alpha.detach().cpu() for group, alpha in self.alphas.items()}
 
+    def _cpu_pairs(self) -> dict[str, torch.Tensor]:
+        return {group: logits.detach().cpu() for group, logits in self.pair_logits.items()}
+
+    def _draw(self, policy: BehaviourPolicy, n: int) -> list[Path]:
+        if self.cells is not None:
+            return self.cells.sample(self._cpu_logits(), self._cpu_pairs(), policy, n, self.generator)
+        return unstack_paths(policy.sample(self._cpu_logits(), n, self.generator))
+
     def sample(self, n: int) -> list[Path]:
-        """n paths from the behaviour policy (CPU LongTensors)."""
-        return unstack_paths(self.behaviour.sample(self._cpu_logits(), n, self.generator))
+        """n architectures from the behaviour policy, as paths (CPU LongTensors; -1 marks an unused edge)."""
+        return self._draw(self.behaviour, n)
+
+    def probs(self) -> dict[str, torch.Tensor]:
+        """Op probabilities per edge; when sampling genotypes, `none` (never sampled) has probability 0."""
+        return super().probs() if self.cells is None else self.cells.op_probs(self._cpu_logits())
+
+    def _genotype_gradients(self, paths: Sequence[Path], rewards: torch.Tensor
+                            ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Ascent direction per parameter name, importance weights and factor entropies, by autograd through
+        the exact log-probabilities of the sampled decisions."""
+        assert self.cells is not None
+        ops, pairs = self._cpu_logits(), self._cpu_pairs()
+        leaves = {**{f"alphas.{g}": t.clone().requires_grad_() for g, t in ops.items()},
+                  **{f"pair_logits.{g}": t.clone().requires_grad_() for g, t in pairs.items()}}
+        theta = {g: leaves[f"alphas.{g}"] for g in ops}
+        phi = {g: leaves[f"pair_logits.{g}"] for g in pairs}
+        decisions = self.cells.decisions(list(paths))
+        log_pi = self.cells.decision_log_probs(theta, phi, decisions)  # [n, D]
+        log_mu = self.cells.decision_log_probs(ops, pairs, decisions, self.behaviour)
+        per_decision = self.cfg.importance == "decision"
+        weights = importance_weights(log_pi.detach() if per_decision else log_pi.detach().sum(dim=1),
+                                     log_mu if per_decision else log_mu.sum(dim=1),
+                                     self.cfg.truncation, self.cfg.self_normalize)
+        advantage = rewards - self.baseline
+        coef = (weights * (advantage[:, None] if per_decision else advantage)).reshape(len(log_pi), -1)
+        entropy = self.cells.entropy(theta, phi)
+        surrogate = (coef.expand_as(log_pi) * log_pi).sum() / len(log_pi) + self.cfg.entropy_weight * entropy.sum()
+        grads = torch.autograd.grad(surrogate, list(leaves.values()))
+        return dict(zip(leaves, grads)), weights, entropy.detach()
 
     def update(self, paths: Sequence[Path], rewards: Sequence[float]) -> dict[str, float]:
         """One Adam step on the off-policy estimate from (path, reward) pairs; returns monitor scalars.
@@ -192,22 +259,26 @@ class ReinforceController(Controller):
         mu is evaluated at the current logits, which are the ones the paths were sampled under as long as
         no update ran in between (sample, score, update).
         """
-        batch = stack_paths(paths)
         reward_t = torch.tensor([float(r) for r in rewards])
         if self.baseline is None:
             self.baseline = reward_t.mean().item()
-        logits = self._cpu_logits()
-        log_mu = self.behaviour.edge_log_prob(logits, batch)
-        if self.cfg.importance == "path":
-            log_mu = log_mu.sum(dim=1)
-        grads, weights = reinforce_gradient(logits, batch, log_mu, reward_t, self.baseline, self.cfg.truncation,
-                                            self.cfg.self_normalize)
-        entropy, entropy_grads = entropy_gradient(logits)
-        for group, alpha in self.alphas.items():  # Adam minimises: descend on -(g + beta grad H)
-            alpha.grad = -(grads[group] + self.cfg.entropy_weight * entropy_grads[group]).to(alpha.device)
+        if self.cells is not None:
+            ascent, weights, entropy = self._genotype_gradients(paths, reward_t)
+        else:
+            batch = stack_paths(paths)
+            logits = self._cpu_logits()
+            log_mu = self.behaviour.edge_log_prob(logits, batch)
+            if self.cfg.importance == "path":
+                log_mu = log_mu.sum(dim=1)
+            grads, weights = reinforce_gradient(logits, batch, log_mu, reward_t, self.baseline, self.cfg.truncation,
+                                                self.cfg.self_normalize)
+            entropy, entropy_grads = entropy_gradient(logits)
+            ascent = {f"alphas.{g}": grads[g] + self.cfg.entropy_weight * entropy_grads[g] for g in logits}
+        for name, logits in self.named_parameters():  # Adam minimises: descend on -(g + beta grad H)
+            logits.grad = -ascent[name].to(logits.device)
         self.optimizer.step()
         self.baseline = self.cfg.baseline_decay * self.baseline + (1 - self.cfg.baseline_decay) * reward_t.mean().item()
-        self.recent.extend((path, float(r)) for path, r in zip(unstack_paths(batch), reward_t.tolist()))
+        self.recent.extend((path, float(r)) for path, r in zip(paths, reward_t.tolist()))
         self.samples_seen += len(paths)
         return {
             "reward_mean": reward_t.mean().item(),
@@ -222,11 +293,48 @@ class ReinforceController(Controller):
         """The max-reward (path, reward) among the last `last_n` samples; None before any update."""
         return max(self.recent, key=lambda pair: pair[1]) if self.recent else None
 
+    # ----- the architectures the search runs, scores and outputs -----
+    def mode_path(self, max_skip: int | None = None) -> Path | None:
+        """The policy's most probable architecture: per edge the argmax op, or, when sampling genotypes, the
+        most probable genotype (exact; `max_skip` replaces the normal cell's skip limit; None if none fits)."""
+        if self.cells is None:
+            return self.argmax_path()
+        return self.cells.mode(self._cpu_logits(), self._cpu_pairs(), max_skip)
+
+    def least_likely_path(self) -> Path:
+        """The least probable architecture (per-edge argmin, or the least probable genotype)."""
+        if self.cells is None:
+            return {group: alpha.detach().argmin(dim=-1) for group, alpha in self.alphas.items()}
+        path = self.cells.mode(self._cpu_logits(), self._cpu_pairs(), least=True)
+        assert path is not None  # the space's own skip limit always admits a genotype
+        return path
+
+    def uniform_path(self) -> Path:
+        """One architecture drawn uniformly (separate mode trains the supernet on these)."""
+        if self.cells is None:
+            return {group: torch.randint(alpha.shape[1], (alpha.shape[0],), generator=self.generator)
+                    for group, alpha in self.alphas.items()}
+        return self._draw(make_behaviour("uniform"), 1)[0]
+
+    def path_architecture(self, space: Any, kept_ops: KeptOps, path: Path) -> Any:
+        """The architecture a path stands for: the genotype itself, or (edges) the genotype derived from the
+        sampled op on every edge, edges ranked by the policy's probability of that op."""
+        if self.cells is not None:
+            return space.path_architecture(path, kept_ops)
+        scores = {group: F.one_hot(path[group].to(p.device), p.shape[-1]) * p for group, p in self.probs().items()}
+        return space.derive(scores, kept_ops)
+
+    def architecture(self, space: Any, kept_ops: KeptOps, max_skip: int | None = None) -> Any:
+        if self.cells is None:
+            return super().architecture(space, kept_ops, max_skip)
+        path = self.mode_path(max_skip)
+        return None if path is None else space.path_architecture(path, kept_ops)
+
     def weight_forward_kwargs(self) -> dict[str, Any]:
-        return {"path": unstack_paths(self.weight_sampler.sample(self._cpu_logits(), 1, self.generator))[0]}
+        return {"path": self._draw(self.weight_sampler, 1)[0]}
 
     def eval_forward_kwargs(self) -> dict[str, Any]:
-        return {"path": self.argmax_path()}
+        return {"path": self.mode_path()}
 
     def arch_step(self, ctx: ArchStepContext) -> dict[str, float]:
         """Sample, score each path on ctx.val_batch with the supernet running that path only, update."""

@@ -1,19 +1,15 @@
 """The REINFORCE reward: validation accuracy with a soft parameter-count constraint (MnasNet form).
 
-R = accuracy * (P / P_base) ** alpha, P the parameters (millions) of the eval-scale network of the
-genotype derived from the sampled path, alpha <= 0 and P_base per stage. alpha = 0 gives the accuracy.
+R = accuracy * (P / P_base) ** alpha, P the parameters (millions) of the eval-scale network of the sampled
+architecture, alpha <= 0 and P_base per stage. alpha = 0 gives the accuracy.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import torch
-import torch.nn.functional as F
-
 from controllers.base import Path
 from nas.errors import UserError
-from search_spaces.base import KeptOps, SearchSpace
 
 RewardFn = Callable[[Path, float], tuple[float, float, float]]  # (path, accuracy) -> (reward, params M, FLOPs M)
 
@@ -43,20 +39,18 @@ def param_penalty_reward(accuracy: float, params_m: float, p_base: float, alpha:
     return accuracy * (params_m / p_base) ** alpha
 
 
-def make_reward_fn(space: SearchSpace, kept_ops: KeptOps, probs_fn: Callable[[], dict[str, torch.Tensor]],
-                   cfg: RewardConfig, stage: int, flops_fn: Callable[[Any], float]) -> RewardFn:
-    """The search's reward: (path, accuracy) -> (reward, params_m, flops_fn(architecture)) for this stage.
+def make_reward_fn(architecture_fn: Callable[[Path], Any], params_fn: Callable[[Any], float], cfg: RewardConfig,
+                   stage: int, flops_fn: Callable[[Any], float]) -> RewardFn:
+    """The search's reward for this stage: (path, accuracy) -> (reward, params_m, flops_m).
 
-    A path's architecture is space.derive(one_hot(path) * probs, kept_ops): the sampled op on every edge,
-    with the edges ranked by the policy's probability of that op where the space keeps only some edges.
+    Size and FLOPs are those of `architecture_fn(path)`, the architecture the path stands for (with genotype
+    sampling, the sampled genotype itself), at eval scale.
     """
     p_base, alpha = cfg.p_base[stage], cfg.alpha[stage]
 
     def reward_fn(path: Path, accuracy: float) -> tuple[float, float, float]:
-        probs = probs_fn()
-        scores = {group: F.one_hot(path[group].to(p.device), p.shape[-1]) * p for group, p in probs.items()}
-        arch = space.derive(scores, kept_ops)
-        params_m = space.params_millions(arch)
+        arch = architecture_fn(path)
+        params_m = params_fn(arch)
         return param_penalty_reward(accuracy, params_m, p_base, alpha), params_m, flops_fn(arch)
 
     return reward_fn

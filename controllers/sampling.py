@@ -15,6 +15,7 @@ supernet takes.
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Callable, ClassVar, Sequence
 
@@ -62,8 +63,9 @@ class BehaviourPolicy(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def edge_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """mu_e for every edge of one group: [E, K], each row sums to 1."""
+    def edge_probs(self, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """mu_e for every row (edge or decision) of `logits` [D, K]: each row sums to 1 over the options that
+        `mask` (bool [D, K], None: all) allows, and is 0 elsewhere."""
 
     def sample(self, logits: dict[str, torch.Tensor], n: int,
                generator: torch.Generator | None = None) -> BatchedPaths:
@@ -87,8 +89,8 @@ class Multinomial(BehaviourPolicy):
 
     name = "multinomial"
 
-    def edge_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return log_softmax(logits).exp()
+    def edge_probs(self, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return log_softmax(logits if mask is None else logits.masked_fill(~mask, -math.inf)).exp()
 
 
 class Uniform(BehaviourPolicy):
@@ -96,8 +98,10 @@ class Uniform(BehaviourPolicy):
 
     name = "uniform"
 
-    def edge_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(logits, 1.0 / logits.shape[-1])
+    def edge_probs(self, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            return torch.full_like(logits, 1.0 / logits.shape[-1])
+        return mask.to(logits.dtype) / mask.sum(dim=-1, keepdim=True)
 
 
 class EpsilonGreedy(BehaviourPolicy):
@@ -110,9 +114,11 @@ class EpsilonGreedy(BehaviourPolicy):
             raise UserError(f"epsilon must lie in [0, 1], got {epsilon}")
         self.epsilon = float(epsilon)
 
-    def edge_probs(self, logits: torch.Tensor) -> torch.Tensor:
+    def edge_probs(self, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            logits = logits.masked_fill(~mask, -math.inf)
         greedy = torch.zeros_like(logits).scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
-        return self.epsilon / logits.shape[-1] + (1.0 - self.epsilon) * greedy
+        return self.epsilon * Uniform().edge_probs(logits, mask) + (1.0 - self.epsilon) * greedy
 
 
 class Argmax(EpsilonGreedy):

@@ -38,6 +38,7 @@ from nas.errors import UserError, exit_on_user_error
 from search_spaces.darts import (
     GROUPS,
     CellSpec,
+    DartsSpace,
     FixedNetwork,
     SearchNetwork,
     edges_per_cell,
@@ -139,8 +140,10 @@ def _train_step(params: list[torch.Tensor], forward: Callable[[], torch.Tensor],
 def build_controller_step(args: argparse.Namespace) -> Step:
     """One controller round: sample its default number of paths, update on random rewards."""
     shapes = {group: (edges_per_cell(STEPS), len(DARTS_OPS)) for group in GROUPS}
-    cfg = ReinforceConfig()
-    controller = ReinforceController(shapes, cfg, stage=0, generator=torch.Generator().manual_seed(args.seed))
+    cfg = ReinforceConfig()  # samples genotypes, the default
+    space = DartsSpace(C=args.C, num_classes=10, in_channels=3, normal_ops=list(DARTS_OPS), reduce_ops=list(DARTS_OPS))
+    controller = ReinforceController(shapes, cfg, stage=0, generator=torch.Generator().manual_seed(args.seed),
+                                     layouts=space.cell_layout(space.initial_kept_ops()))
     rewards = torch.Generator().manual_seed(args.seed + 1)
 
     def step() -> None:

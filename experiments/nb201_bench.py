@@ -37,7 +37,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, nargs="+", default=[100, 300], help="unique queries per search")
     parser.add_argument("--seeds", type=int, default=100, help="number of seeds (0 .. S-1)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help=f"any of: {', '.join(METHODS)}")
-    parser.add_argument("--importance", default=ReinforceConfig.importance, help=f"REINFORCE importance weights: "
+    parser.add_argument("--importance", default="path", help=f"REINFORCE importance weights: "
                         f"{' or '.join(IMPORTANCE)}")
     parser.add_argument("--out", default="runs/nb201_bench", help="output folder")
     args = parser.parse_args(argv)

@@ -191,6 +191,11 @@ def _markdown(run_dir: Path, stages: list[Stage], finished: bool, params_m: floa
     lines = [f"# Search report: {run_dir.name}", "",
              f"{what}, {params_m:.3f}M parameters at eval scale (`metrics.params_M`):", "",
              f"    {last['genotype_str']}", "", *_stage_table(stages)]
+    by_skip = last.get("genotypes_by_max_skip")
+    if by_skip:
+        lines += ["", "The final genotype for every limit M on skip_connects in the normal cell (P-DARTS reports "
+                  "them all; the search used `model.max_skip`):", "", _row(["M", "genotype"]), _row(["---", "---"])]
+        lines += [_row([m, "-" if g is None else f"`{g}`"]) for m, g in by_skip.items()]
     if not have_events:
         lines += ["", "No TensorBoard events under `tb/`: the convergence figures are left out."]
     for s in stages:

@@ -127,11 +127,13 @@ class Progress:
     summary: dict[str, float] = field(default_factory=dict)  # the stage's last epoch summary
 
 
-def build_controller(cfg: SearchConfig, shapes: dict[str, tuple[int, int]], stage: int,
+def build_controller(cfg: SearchConfig, space: SearchSpace, kept_ops: KeptOps, stage: int,
                      generator: torch.Generator) -> Controller:
+    shapes = {g: (len(edges), len(edges[0])) for g, edges in kept_ops.items()}
     if cfg.controller == "gradient":
         return GradientController(shapes, cfg.gradient)
-    return ReinforceController(shapes, cfg.reinforce, stage, generator=generator)
+    layouts = space.cell_layout(kept_ops) if cfg.reinforce.sample == "genotype" else None
+    return ReinforceController(shapes, cfg.reinforce, stage, generator=generator, layouts=layouts)
 
 
 class StageRunner:
@@ -143,9 +145,8 @@ class StageRunner:
         if state is None:
             seed_everything(self.cfg.run.seed + 1000 * (stage + 1))  # a stage repeats alone (--stage N)
         self.model = search.space.build_supernet(p.kept_ops, self.cfg.stages.layers[stage]).to(search.device)
-        shapes = {g: (len(edges), len(edges[0])) for g, edges in p.kept_ops.items()}
         self.generator = torch.Generator().manual_seed(self.cfg.run.seed + stage)
-        self.controller = build_controller(self.cfg, shapes, stage, self.generator).to(search.device)
+        self.controller = build_controller(self.cfg, search.space, p.kept_ops, stage, self.generator).to(search.device)
         o = self.cfg.optim
         self.params = list(self.model.parameters())  # walking a supernet's modules costs ms per call
         self.w_opt = torch.optim.SGD(self.params, lr=o.lr, momentum=o.momentum,
@@ -160,7 +161,8 @@ class StageRunner:
             self.scheduler.load_state_dict(state["scheduler"])
             self.generator.set_state(state["generator"])
             self.val_batches = CyclingBatches(search.val_loader, **state["val_cursor"])
-        self.reward_fn = (make_reward_fn(search.space, p.kept_ops, self.controller.probs, self.cfg.reward, stage,
+        self.reward_fn = (make_reward_fn(functools.partial(self.controller.path_architecture, search.space, p.kept_ops),
+                                         search.space.params_millions, self.cfg.reward, stage,
                                          functools.partial(space_flops_millions, search.space, size=search.data.size))
                           if self.cfg.controller == "reinforce" else None)
         self.separate = self.cfg.controller == "reinforce" and self.cfg.reinforce.mode == "separate"
@@ -211,8 +213,7 @@ class StageRunner:
 
     def _weight_kwargs(self) -> dict[str, Any]:
         if self.separate:
-            return {"path": {g: torch.randint(len(e[0]), (len(e),), generator=self.generator)
-                             for g, e in self.search.progress.kept_ops.items()}}
+            return {"path": self.controller.uniform_path()}
         return self.controller.weight_forward_kwargs()
 
     def _train_epoch(self, epoch: int) -> None:
@@ -268,9 +269,8 @@ class StageRunner:
                    "lr/arch": self.controller.optimizer.param_groups[0]["lr"]}
         summary["val/loss"], summary["val/acc"] = self.evaluate(**self.controller.eval_forward_kwargs())
         if self.cfg.controller == "reinforce":
-            argmin = {g: a.detach().argmin(-1) for g, a in self.controller.alphas.items()}
             summary["reinforce/argmax_acc"] = summary["val/acc"]
-            summary["reinforce/argmin_acc"] = self.evaluate(path=argmin)[1]
+            summary["reinforce/argmin_acc"] = self.evaluate(path=self.controller.least_likely_path())[1]
             best = self.controller.best_recent()
             if best is not None:  # None until the first policy update
                 summary["reinforce/best_recent_reward"] = best[1]
@@ -362,7 +362,7 @@ class Search:
     def _finish_stage(self, runner: StageRunner, summary: dict[str, float]) -> None:
         p, stage = self.progress, runner.stage
         probs = runner.controller.probs()
-        genotype = self.space.derive(probs, p.kept_ops)
+        genotype = runner.controller.architecture(self.space, p.kept_ops)
         last = stage == self.cfg.num_stages - 1
         kept_after = drop_weakest(probs, p.kept_ops, self.cfg.stages.keep[stage], drop_none_first=last)
         entry: dict[str, Any] = {
@@ -373,10 +373,15 @@ class Search:
             "params_M": round(self.space.params_millions(genotype), 4),
             "val_acc": summary.get("val/acc"), "train_acc": summary.get("train/acc"),
         }
+        if last:  # P-DARTS reports the final genotype for every skip limit, for the researcher to choose
+            by_skip = {m: runner.controller.architecture(self.space, p.kept_ops, m)
+                       for m in self.space.max_skip_choices()}
+            entry["genotypes_by_max_skip"] = {str(m): None if g is None else str(g) for m, g in by_skip.items()}
         if self.cfg.controller == "reinforce":
             best = runner.controller.best_recent()
-            entry["best_recent"] = None if best is None else {"ops": self._path_ops(best[0], p.kept_ops),
-                                                              "reward": best[1]}
+            entry["best_recent"] = None if best is None else {
+                "ops": self._path_ops(best[0], p.kept_ops), "reward": best[1],
+                "genotype": str(runner.controller.path_architecture(self.space, p.kept_ops, best[0]))}
             entry["argmax_acc"] = summary.get("reinforce/argmax_acc")
             entry["argmin_acc"] = summary.get("reinforce/argmin_acc")
             self.monitor.text("stage{s}/reinforce/best_recent_arch", str(entry["best_recent"]), p.global_step,
@@ -396,7 +401,8 @@ class Search:
 
     @staticmethod
     def _path_ops(path: dict[str, torch.Tensor], kept_ops: KeptOps) -> dict[str, list[str]]:
-        return {g: [kept_ops[g][e][i] for e, i in enumerate(idx.tolist())] for g, idx in path.items()}
+        return {g: [kept_ops[g][e][i] if i >= 0 else None for e, i in enumerate(idx.tolist())]
+                for g, idx in path.items()}
 
     def _draw_stage(self, stage: int, genotype) -> None:
         if not self.cfg.run.draw:
@@ -430,6 +436,7 @@ class Search:
             genotype, space=self.space.name, source=f"search {self.run_dir.name}",
             search={"config": to_dict(self.cfg), "seed": self.cfg.run.seed, "controller": self.cfg.controller,
                     "dataset": self.cfg.data.dataset, "stages": p.stages, "final_kept_ops": p.kept_ops,
+                    "genotypes_by_max_skip": final["genotypes_by_max_skip"],
                     "wall_time_s": round(p.elapsed + (time.time() - self._started), 1)},
             metrics={"params_M": final["params_M"]})
         write_record(self.run_dir / "genotype.json", record)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-KeptOps = dict[str, list[list[str]]]  # group -> per edge, the op names still searched on that edge
+from nas.arch_types import KeptOps
 
 
 class SearchSpace(ABC):
@@ -24,8 +24,9 @@ class SearchSpace(ABC):
         """A supernet whose forward(x, weights=None, path=None) runs the mixture or one path."""
 
     @abstractmethod
-    def derive(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps) -> Any:
-        """The final architecture (a Genotype for cell spaces) from op probabilities."""
+    def derive(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps, max_skip: int | None = None) -> Any:
+        """The final architecture (a Genotype for cell spaces) from op probabilities; `max_skip` replaces the
+        space's own limit on skip_connects in the normal cell where it has one."""
 
     @abstractmethod
     def params_millions(self, arch: Any) -> float:

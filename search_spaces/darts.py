@@ -12,13 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas.arch_types import NONE_OP, SKIP_OP, CellLayout
 from nas.errors import UserError
 from nas.genotype import Genotype
 from search_spaces.base import KeptOps, SearchSpace
 from search_spaces.ops import FactorizedReduce, Identity, PreActivated, ReLUConvBN, build_op, canonical_op_name, is_pool
 
-NONE = "none"
-SKIP = "skip_connect"
+NONE = NONE_OP
+SKIP = SKIP_OP
+OFF = -1  # a path entry for an edge that runs nothing
 GROUPS: tuple[str, ...] = ("normal", "reduce")
 
 # How a supernet edge runs one of its ops (decided once at build time).
@@ -165,11 +167,13 @@ class _SearchCell(_Cell):
         return torch.cat(states[-self.multiplier:], dim=1)
 
     def forward_path(self, s0: torch.Tensor, s1: torch.Tensor, path: list[int], skip_p: float) -> torch.Tensor:
-        """Every node sums the chosen op of each of its edges; `none` edges cost nothing."""
+        """Every node sums the chosen op of each of its edges; `none` and off (-1) edges cost nothing."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for node in self.nodes:
             acc = None
             for e, j in node:
+                if path[e] == OFF:
+                    continue
                 kind, op = self._ops[e][path[e]]
                 if kind == _NONE:
                     continue
@@ -242,7 +246,8 @@ class SearchNetwork(nn.Module):
         self.skip_dropout = float(p)
 
     def forward(self, x: torch.Tensor, weights: Weights | None = None, path: Path | None = None) -> torch.Tensor:
-        """Logits of the weighted mixture (`weights`) or of the single path (`path`); give exactly one."""
+        """Logits of the weighted mixture (`weights`) or of the single path (`path`: per edge the index of the op
+        to run, -1 for an edge that is off); give exactly one."""
         if (weights is None) == (path is None):
             raise UserError("SearchNetwork.forward needs exactly one of weights= (mixture) or path= (single path)")
         if self.channels_last or (self.channels_last is None and x.device.type == "cpu"):
@@ -267,9 +272,9 @@ class SearchNetwork(nn.Module):
 
     def _path_list(self, path: Path, group: str) -> list[int]:
         choice = path[group].tolist()
-        if len(choice) != self.n_edges or not all(0 <= k < self.n_ops[group] for k in choice):
-            raise UserError(f"path[{group!r}] must hold {self.n_edges} op indices in [0, {self.n_ops[group]}), "
-                            f"got {choice}")
+        if len(choice) != self.n_edges or not all(OFF <= k < self.n_ops[group] for k in choice):
+            raise UserError(f"path[{group!r}] must hold {self.n_edges} op indices in [0, {self.n_ops[group]}) "
+                            f"or -1 (off), got {choice}")
         return choice
 
 
@@ -522,8 +527,51 @@ class DartsSpace(SearchSpace):
         return SearchNetwork(self.C, self.num_classes, layers, self.in_channels, kept_ops, self.steps,
                              self.multiplier, self.stem_multiplier)
 
-    def derive(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps) -> Genotype:
-        return derive_genotype(probs, kept_ops, self.steps, self.multiplier, self.max_skip)
+    def derive(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps, max_skip: int | None = None) -> Genotype:
+        return derive_genotype(probs, kept_ops, self.steps, self.multiplier,
+                               self.max_skip if max_skip is None else max_skip)
+
+    def max_skip_choices(self) -> list[int]:
+        """The skip limits a final genotype is reported for (P-DARTS: every M from 2 * steps down to 0)."""
+        return list(range(2 * self.steps, -1, -1))
+
+    def cell_layout(self, kept_ops: KeptOps) -> dict[str, CellLayout]:
+        """The decisions of a genotype per cell type: each node's input edges, the kept ops, the skip limit."""
+        nodes = [list(edges) for edges in _node_edges(self.steps)]
+        kept = _canonical_kept(kept_ops, self.steps)
+        return {group: CellLayout(nodes, kept[group], self.max_skip if group == "normal" else None)
+                for group in GROUPS}
+
+    def path_architecture(self, path: dict[str, torch.Tensor], kept_ops: KeptOps) -> Genotype:
+        """The genotype of a path that runs exactly two edges per node (-1 elsewhere), inputs in index order."""
+        kept = _canonical_kept(kept_ops, self.steps)
+        cells = {}
+        for group in GROUPS:
+            row = path[group].tolist()
+            cells[group] = []
+            for i, edges in enumerate(_node_edges(self.steps)):
+                pairs = [(kept[group][e][row[e]], j) for j, e in enumerate(edges) if row[e] != OFF]
+                if len(pairs) != 2:
+                    raise ValueError(f"{group} node {i}: a genotype path runs exactly 2 input edges, got {len(pairs)}")
+                cells[group] += pairs
+        concat = list(range(2 + self.steps - self.multiplier, 2 + self.steps))
+        return Genotype(normal=cells["normal"], normal_concat=concat, reduce=cells["reduce"], reduce_concat=concat)
+
+    def architecture_path(self, genotype: Genotype, kept_ops: KeptOps) -> dict[str, torch.Tensor]:
+        """The supernet path that runs exactly a genotype's edges and ops (the inverse of path_architecture)."""
+        kept = _canonical_kept(kept_ops, self.steps)
+        specs = _genotype_specs(genotype)
+        path = {}
+        for group in GROUPS:
+            row = [OFF] * edges_per_cell(self.steps)
+            for node, edges in zip(specs[group].nodes, _node_edges(self.steps)):
+                for name, j in node:
+                    if name not in kept[group][edges[j]]:
+                        raise UserError(f"{group} edge {edges[j]} does not keep {name!r} (it keeps "
+                                        f"{kept[group][edges[j]]})")
+                    row[edges[j]] = kept[group][edges[j]].index(name)
+            path[group] = torch.tensor(row)
+        return path
 
     def params_millions(self, arch: Genotype) -> float:
         return eval_param_count(arch, self.eval_C, self.eval_layers, self.num_classes, self.in_channels) / 1e6

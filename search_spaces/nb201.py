@@ -342,8 +342,11 @@ def _regularized_evolution(oracle: QueryOracle, rng: np.random.Generator, cfg: R
 
 
 def _reinforce(oracle: QueryOracle, rng: np.random.Generator, cfg: ReinforceConfig, behaviour: str) -> None:
-    """The REINFORCE controller with the given behaviour policy; reward = table accuracy / 100."""
-    cfg = replace(cfg, behaviour=behaviour)
+    """The REINFORCE controller with the given behaviour policy; reward = table accuracy / 100.
+
+    An NB201 cell runs every edge with one op, so the per-edge policy (`sample="edges"`) samples exactly its cells.
+    """
+    cfg = replace(cfg, behaviour=behaviour, sample="edges")
     controller = ReinforceController({"cell": (len(EDGES), len(NB201_OPS))}, cfg, stage=0,
                                      generator=torch.Generator().manual_seed(int(rng.integers(2 ** 62))))
     while not oracle.done:

@@ -159,7 +159,7 @@ def _min_best_prob(controller: ReinforceController) -> float:
     ("epsilon_greedy", "edge", 400),
 ])
 def test_policy_finds_the_best_op_on_every_edge(behaviour: str, importance: str, max_updates: int) -> None:
-    cfg = ReinforceConfig(behaviour=behaviour, importance=importance)
+    cfg = ReinforceConfig(sample="edges", behaviour=behaviour, importance=importance)
     controller = ReinforceController({"normal": (4, 4), "reduce": (3, 4)}, cfg, 0, torch.Generator().manual_seed(0))
     noise = torch.Generator().manual_seed(1)
     for update in range(1, max_updates + 1):
@@ -175,7 +175,7 @@ def test_argmax_behaviour_never_explores() -> None:
 
     With an EMA baseline its expected advantage is zero; only reward noise moves the logits.
     """
-    cfg = ReinforceConfig(behaviour="argmax")
+    cfg = ReinforceConfig(sample="edges", behaviour="argmax")
     controller = ReinforceController({"normal": (4, 4), "reduce": (3, 4)}, cfg, 0, torch.Generator().manual_seed(0))
     noise = torch.Generator().manual_seed(1)
     for _ in range(300):
@@ -200,7 +200,7 @@ class _PathNet(nn.Module):
 
 
 def test_arch_step_scores_samples_on_the_validation_batch() -> None:
-    cfg = ReinforceConfig(samples_per_update=3, rl_interval_steps=5)
+    cfg = ReinforceConfig(sample="edges", samples_per_update=3, rl_interval_steps=5)
     controller = ReinforceController({"normal": (4, 3), "reduce": (2, 3)}, cfg, 1, torch.Generator().manual_seed(0))
     model = _PathNet()
     x, y = torch.randn(64, 2), torch.zeros(64, dtype=torch.long)
@@ -222,7 +222,8 @@ def test_arch_step_scores_samples_on_the_validation_batch() -> None:
 
 
 def test_forward_kwargs_paths() -> None:
-    controller = ReinforceController({"normal": (4, 3)}, ReinforceConfig(), 0, torch.Generator().manual_seed(0))
+    controller = ReinforceController({"normal": (4, 3)}, ReinforceConfig(sample="edges"), 0,
+                                     torch.Generator().manual_seed(0))
     path = controller.weight_forward_kwargs()["path"]
     assert path["normal"].shape == (4,) and path["normal"].dtype == torch.long
     assert torch.equal(controller.eval_forward_kwargs()["path"]["normal"], controller.argmax_path()["normal"])
@@ -240,7 +241,7 @@ def _run(controller: ReinforceController, updates: int, seed: int) -> list[Path]
 
 
 def test_state_dict_round_trip_continues_identically() -> None:
-    cfg = ReinforceConfig(last_n=10)
+    cfg = ReinforceConfig(sample="edges", last_n=10)
     shapes = {"normal": (4, 4), "reduce": (3, 4)}
     original = ReinforceController(shapes, cfg, 0, torch.Generator().manual_seed(0))
     _run(original, 20, seed=1)
@@ -268,7 +269,8 @@ def test_state_dict_round_trip_continues_identically() -> None:
     ({"last_n": -3}, "reinforce.last_n must be a positive integer"),
     ({"mode": "joint"}, "reinforce.mode is 'joint'; choose one of: interleaved, separate"),
     ({"weight_sampling": "argmax"}, "reinforce.weight_sampling is 'argmax'; choose one of: uniform, behaviour"),
-    ({"importance": "step"}, "reinforce.importance is 'step'; choose one of: path, edge"),
+    ({"importance": "step"}, "reinforce.importance is 'step'; choose one of: path, decision"),
+    ({"sample": "paths"}, "reinforce.sample is 'paths'; choose one of: genotype, edges"),
     ({"baseline_decay": 1.0}, r"reinforce.baseline_decay must lie in \[0, 1\)"),
     ({"lr": 0}, "reinforce.lr must be > 0"),
     ({"betas": [0.9]}, "reinforce.betas must be two values"),

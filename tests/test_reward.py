@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 import torch
 
+from controllers.reinforce import ReinforceConfig, ReinforceController
 from controllers.reward import RewardConfig, make_reward_fn, param_penalty_reward
 from nas.errors import UserError
 from search_spaces.base import KeptOps, SearchSpace
@@ -36,7 +37,7 @@ class _FakeSpace(SearchSpace):
     def build_supernet(self, kept_ops: KeptOps, layers: int) -> Any:
         raise NotImplementedError
 
-    def derive(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps) -> Any:
+    def derive(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps, max_skip: int | None = None) -> Any:
         self.scores.append(probs)
         return [kept_ops["normal"][e][k] for e, k in enumerate(probs["normal"].argmax(dim=-1).tolist())]
 
@@ -44,17 +45,28 @@ class _FakeSpace(SearchSpace):
         return 1.0 + sum(0.5 * "abc".index(op) for op in arch)
 
 
-def test_make_reward_fn_derives_the_sampled_path_and_penalises_it() -> None:
+def test_make_reward_fn_charges_the_architecture_of_the_path() -> None:
     space = _FakeSpace()
-    probs = {"normal": torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])}
     cfg = RewardConfig(alpha=[0.0, -1.0], p_base=[1.0, 2.0])
-    reward_fn = make_reward_fn(space, space.initial_kept_ops(), lambda: probs, cfg, stage=1, flops_fn=len)
+    ops = {0: "a", 1: "b", 2: "c"}
+    arch_of = lambda path: [ops[k] for k in path["normal"].tolist()]  # noqa: E731
+    reward_fn = make_reward_fn(arch_of, space.params_millions, cfg, stage=1, flops_fn=len)
     reward, params_m, flops_m = reward_fn({"normal": torch.tensor([2, 1])}, 0.8)
-    torch.testing.assert_close(space.scores[-1]["normal"], torch.tensor([[0.0, 0.0, 0.3], [0.0, 0.1, 0.0]]))
-    assert params_m == pytest.approx(1.0 + 1.0 + 0.5) and flops_m == 2  # flops_fn gets the derived architecture
+    assert params_m == pytest.approx(1.0 + 1.0 + 0.5) and flops_m == 2  # flops_fn gets the architecture too
     assert reward == pytest.approx(0.8 * (2.5 / 2.0) ** -1.0)
-    unpenalised = make_reward_fn(space, space.initial_kept_ops(), lambda: probs, cfg, stage=0, flops_fn=len)
+    unpenalised = make_reward_fn(arch_of, space.params_millions, cfg, stage=0, flops_fn=len)
     assert unpenalised({"normal": torch.tensor([2, 1])}, 0.8) == (pytest.approx(0.8), pytest.approx(2.5), 2)
+
+
+def test_edge_sampling_charges_the_genotype_derived_from_the_path() -> None:
+    """The original design: the sampled op on every edge, edges ranked by the policy's probability of that op."""
+    space = _FakeSpace()
+    controller = ReinforceController({"normal": (2, 3)}, ReinforceConfig(sample="edges"), 0)
+    with torch.no_grad():
+        controller.alphas["normal"].copy_(torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]]).log())
+    arch = controller.path_architecture(space, space.initial_kept_ops(), {"normal": torch.tensor([2, 1])})
+    torch.testing.assert_close(space.scores[-1]["normal"], torch.tensor([[0.0, 0.0, 0.3], [0.0, 0.1, 0.0]]))
+    assert arch == ["c", "b"]
 
 
 @pytest.mark.parametrize("change, message", [
