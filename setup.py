@@ -30,6 +30,7 @@ setup(
             "nas-train=train_eval:main",
             "nas-plot=nas.visualize:main",
             "nas-report=nas.report:main",
+            "nas-info=nas.info:main",
         ]
     },
 )

@@ -3,6 +3,7 @@
     python train_eval.py --genotype PDARTS --dataset cifar10 [-c experiments/eval_cifar10.yaml] [--set a.b=c ...]
     torchrun --nproc_per_node=4 train_eval.py --genotype runs/search-x/genotype.json
     python train_eval.py --resume runs/eval-PDARTS-20250101-120000
+    python train_eval.py --genotype PDARTS --dataset imagenet -c experiments/eval_imagenet.yaml --set data.root=DIR
 
 Exit codes: 0 done, 1 the loss became NaN/inf (the last good checkpoint stays), 2 bad input.
 """
@@ -11,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import NoReturn, Sequence
+from typing import Sequence
 
-from nas.errors import UserError, exit_on_user_error
+from nas.errors import OneLineParser, exit_on_user_error
 from nas.evaluate import NonFiniteLoss, run_eval
 
 # Short options and the config keys they set.
@@ -21,15 +22,9 @@ SHORT_FORMS = {"dataset": "data.dataset", "epochs": "train.epochs", "batch_size"
                "seed": "run.seed"}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one-line UserErrors (exit code 2, no usage dump)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserError(f"{message}; see {self.prog} --help")
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = _Parser(prog="train_eval.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="train_eval.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--genotype", help="shipped name (PDARTS, DARTS_V2, ...), a record .json or 'Genotype(...)'")
     parser.add_argument("-c", "--config", help="YAML config (see experiments/eval_*.yaml); defaults: CIFAR-10 recipe")
     parser.add_argument("--run-dir", help="where to write checkpoints, TensorBoard and the record "
@@ -37,7 +32,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. model.C=16 train.lr=0.05")
-    parser.add_argument("--dataset", help="short for --set data.dataset=...")
+    parser.add_argument("--dataset", help="short for --set data.dataset=... (cifar10, cifar100, imagenet: an "
+                                          "ImageFolder root with train/ and val/, trained with the ImageNet network)")
     parser.add_argument("--epochs", type=int, help="short for --set train.epochs=...")
     parser.add_argument("--batch-size", type=int, help="short for --set train.batch_size=... (global batch)")
     parser.add_argument("--seed", type=int, help="short for --set run.seed=...")

@@ -41,12 +41,16 @@ from nas.genotype import (
 )
 from nas.metrics import accuracy, count_parameters, flops_millions
 from nas.monitor import EVAL_TAGS, Monitor
-from search_spaces.darts import NetworkEval
+from search_spaces.darts import NETWORKS, NetworkEval
 
 KIND = "eval"
 RECORD = "genotype.json"
 SCHEDULERS = ("cosine", "step")
 MIN_IMAGE_SIZE = 4  # two stride-2 reduction cells
+# Eval dataset names: nas.data's, plus `imagenet`, an ImageFolder root (train/ and val/) trained with the ImageNet
+# network; `auto` picks that network for it and for `imagefolder` (nas.data crops both to 224x224).
+EVAL_DATASETS: tuple[str, ...] = (*DATASETS, "imagenet")
+IMAGENET_DATASETS: tuple[str, ...] = ("imagenet", "imagefolder")
 # Keys that may differ on --resume: where the data lives and how it is fed; the rest fixes the run's result.
 RESUME_KEYS = ("data.root", "data.download", "data.num_workers", "run.device", "run.amp", "run.channels_last",
                "run.out_dir")
@@ -58,7 +62,7 @@ RESUME_KEYS = ("data.root", "data.download", "data.num_workers", "run.device", "
 class EvalDataConfig:
     """The `data:` section: which dataset and how it is fed."""
 
-    dataset: str = "cifar10"
+    dataset: str = "cifar10"  # one of EVAL_DATASETS
     root: str = "data"
     download: bool = False
     cutout: int = 16
@@ -67,8 +71,9 @@ class EvalDataConfig:
 
 @dataclass
 class EvalModelConfig:
-    """The `model:` section: the scale of NetworkEval and its regularisers."""
+    """The `model:` section: which NetworkEval (CIFAR or ImageNet stems), its scale and its regularisers."""
 
+    network: str = "auto"  # cifar | imagenet (DARTS's NetworkCIFAR / NetworkImageNet) | auto: from the dataset
     C: int = 36
     layers: int = 20
     auxiliary: bool = True
@@ -108,10 +113,15 @@ class EvalConfig:
         """Raise UserError on the first value that cannot work."""
         d, m, t, r = self.data, self.model, self.train, self.run
         checks = [
-            (d.dataset in DATASETS, f"data.dataset {d.dataset!r} is unknown; choose one of {', '.join(DATASETS)}"),
+            (d.dataset in EVAL_DATASETS, f"data.dataset {d.dataset!r} is unknown; choose one of "
+                                         f"{', '.join(EVAL_DATASETS)}"),
             (d.cutout >= 0, f"data.cutout must be >= 0 (0 disables it), got {d.cutout}"),
             (d.num_workers is None or d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}"),
+            (m.network in ("auto", *NETWORKS), f"model.network {m.network!r} is unknown; choose auto, "
+                                               f"{', '.join(NETWORKS)}"),
             (m.C >= 1, f"model.C must be >= 1, got {m.C}"),
+            (self.network != "imagenet" or m.C % 2 == 0, f"model.C must be even for the ImageNet network (its first "
+                                                         f"cell halves C-channel maps), got {m.C}"),
             (m.layers >= 3, f"model.layers must be >= 3 (two reduction cells and a normal cell), got {m.layers}"),
             (m.auxiliary_weight >= 0, f"model.auxiliary_weight must be >= 0, got {m.auxiliary_weight}"),
             (0 <= m.drop_path_prob < 1, f"model.drop_path_prob must be in [0, 1), got {m.drop_path_prob}"),
@@ -128,6 +138,13 @@ class EvalConfig:
         t.validate_sgd("train")
         r.validate_device()
 
+    @property
+    def network(self) -> str:
+        """The network that model.network names; auto: imagenet for IMAGENET_DATASETS, else cifar."""
+        if self.model.network != "auto":
+            return self.model.network
+        return "imagenet" if self.data.dataset in IMAGENET_DATASETS else "cifar"
+
 
 def _lookup(config: Any, dotted: str) -> tuple[Any, str]:
     """The object holding the last part of a dotted key, and that part's name."""
@@ -139,6 +156,8 @@ def _lookup(config: Any, dotted: str) -> tuple[Any, str]:
 
 def resumed_config(saved: dict[str, Any], overrides: Sequence[str]) -> EvalConfig:
     """The saved config of a run; overrides may change only RESUME_KEYS (others must repeat the saved value)."""
+    # A run saved before model.network existed built the CIFAR network whatever its dataset.
+    saved = {**saved, "model": {"network": "cifar", **saved.get("model", {})}}
     config = build_dataclass(EvalConfig, saved)
     if overrides:
         wanted = load_config(EvalConfig, None, overrides)  # checks keys and types
@@ -442,13 +461,14 @@ class EvalRun:
                             f"over {info.world_size} processes")
         self.device = pick_device(cfg.run.device, info)
         d = cfg.data
-        train = load_dataset(d.dataset, d.root, train=True, augment=True, cutout=d.cutout, download=d.download)
-        test = load_dataset(d.dataset, d.root, train=False, download=d.download)
+        name = "imagefolder" if d.dataset == "imagenet" else d.dataset
+        train = load_dataset(name, d.root, train=True, augment=True, cutout=d.cutout, download=d.download)
+        test = load_dataset(name, d.root, train=False, download=d.download)
         check_image_size(train.size, d.dataset)
         self.num_classes, self.input_shape = train.num_classes, (1, train.in_channels, train.size, train.size)
         seed_everything(cfg.run.seed)
         net = NetworkEval(setup.genotype, cfg.model.C, train.num_classes, cfg.model.layers, train.in_channels,
-                          cfg.model.auxiliary)
+                          cfg.model.auxiliary, cfg.network)
         self.params_m = count_parameters(net, exclude="auxiliary") / 1e6
         self.flops_m = flops_millions(net, self.input_shape)
         self.data = EvalData(train, test, cfg.train.batch_size, d.num_workers, cfg.run.seed, info)
@@ -486,9 +506,9 @@ class EvalRun:
         if info.is_main:
             self._write_start_files()
         writer = Monitor(run_dir / "tb", purge_step=start, enabled=info.is_main)
-        self.log(f"run {run_dir} | genotype {self.setup.genotype} | {cfg.data.dataset} | {self.params_m:.3f}M params "
-                 f"(aux excluded), {self.flops_m:.1f}M FLOPs | {self.device}, {info.world_size} process(es), "
-                 f"{trainer.precision}")
+        self.log(f"run {run_dir} | genotype {self.setup.genotype} | {cfg.data.dataset}, {cfg.network} network | "
+                 f"{self.params_m:.3f}M params (aux excluded), {self.flops_m:.1f}M FLOPs | {self.device}, "
+                 f"{info.world_size} process(es), {trainer.precision}")
         last_good = "No checkpoint was written yet."
         if start:
             last_good = f"The last good checkpoint {run_dir / CHECKPOINT} (epoch {start}) is kept."
@@ -538,7 +558,8 @@ class EvalRun:
                    "params_M": round(self.params_m, 6), "flops_M": round(self.flops_m, 3),
                    "epochs": cfg.train.epochs, "dataset": cfg.data.dataset, "test_samples": last["test_samples"],
                    "world_size": self.info.world_size, "batch_size": cfg.train.batch_size, "seed": cfg.run.seed,
-                   "C": cfg.model.C, "layers": cfg.model.layers, "precision": trainer.precision,
+                   "network": cfg.network, "C": cfg.model.C, "layers": cfg.model.layers,
+                   "precision": trainer.precision,
                    "device": self.device.type, "wall_time_s": round(progress["elapsed_s"], 1),
                    "run_dir": str(self.setup.run_dir)}
         if self.info.is_main:

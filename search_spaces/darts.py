@@ -282,6 +282,9 @@ class SearchNetwork(nn.Module):
 # Fixed networks: the eval network of a Genotype, and stand-alone children
 # ----------------------------------------------------------------------------------------------
 
+NETWORKS: tuple[str, ...] = ("cifar", "imagenet")  # DARTS's NetworkCIFAR and NetworkImageNet
+
+
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     """Zero whole samples with probability drop_prob and rescale the rest (DARTS drop path)."""
     keep = 1.0 - drop_prob
@@ -320,28 +323,90 @@ class _FixedCell(_Cell):
 
 
 class _AuxiliaryHead(nn.Module):
-    """DARTS CIFAR auxiliary head; maps that the 5x5/3 pool would not bring to 2x2 are pooled adaptively."""
+    """DARTS auxiliary head: ReLU, 5x5 average pool to 2x2, conv 1x1 to 128, BN, ReLU, conv 2x2 to 768, BN, ReLU, FC.
 
-    def __init__(self, C: int, num_classes: int):
+    The CIFAR head pools 8x8 maps with stride 3. The ImageNet head pools with stride 2 and has no BN after the
+    768-channel conv, as in the reference (its maps are 7x7 at 224x224 input, though the reference says 14x14).
+    Maps that the pool would not bring to 2x2 are pooled adaptively.
+    """
+
+    def __init__(self, C: int, num_classes: int, imagenet: bool = False):
         super().__init__()
+        self.pool_stride = 2 if imagenet else 3
         self.features = nn.Sequential(
             nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
-            nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False), *([] if imagenet else [nn.BatchNorm2d(768)]), nn.ReLU(inplace=True),
         )
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(x)
         h, w = x.shape[-2:]
-        if min(h, w) >= 5 and (h - 5) // 3 == 1 and (w - 5) // 3 == 1:
-            x = F.avg_pool2d(x, 5, stride=3, count_include_pad=False)
+        s = self.pool_stride
+        if min(h, w) >= 5 and (h - 5) // s == 1 and (w - 5) // s == 1:
+            x = F.avg_pool2d(x, 5, stride=s, count_include_pad=False)
         else:
             x = F.adaptive_avg_pool2d(x, 2)
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
+class _CifarStem(nn.Sequential):
+    """Conv 3x3 -> BN at full resolution; its output is both inputs of the first cell."""
+
+    def __init__(self, in_channels: int, C_out: int):
+        super().__init__(*_stem(in_channels, C_out))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = super().forward(x)
+        return y, y
+
+
+class _ImageNetStem(nn.Module):
+    """DARTS ImageNet stems: stem0 (conv 3x3 s2 to C/2, BN, ReLU, conv 3x3 s2 to C, BN) gives the first cell's
+    c_{k-2} at 1/4 resolution, stem1 (ReLU, conv 3x3 s2, BN) on it gives c_{k-1} at 1/8."""
+
+    def __init__(self, in_channels: int, C: int):
+        super().__init__()
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C),
+        )
+        self.stem1 = nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s0 = self.stem0(x)
+        return s0, self.stem1(s0)
+
+
+def _network_stem(network: str, in_channels: int, C: int, stem_multiplier: int) -> nn.Module:
+    """The stem of `network`; it returns the two inputs of the first cell."""
+    return _ImageNetStem(in_channels, C) if network == "imagenet" else _CifarStem(in_channels, stem_multiplier * C)
+
+
+def _check_network(network: str, C: int) -> None:
+    if network not in NETWORKS:
+        raise UserError(f"network {network!r} is unknown; choose one of {', '.join(NETWORKS)}")
+    if network == "imagenet" and C % 2:
+        raise UserError(f"the ImageNet network needs an even C (its first cell halves C-channel maps with "
+                        f"FactorizedReduce), got C={C}")
+
+
+def _network_layout(specs: dict[str, CellSpec], C: int, layers: int, network: str,
+                    stem_multiplier: int) -> list[_CellDims]:
+    """Channels of every cell; cells output len(concat) * C. After the ImageNet stems both inputs of the first cell
+    have C channels and its c_{k-2} has twice the resolution of c_{k-1}, so it starts as after a reduction."""
+    def out_multiplier(reduction: bool) -> int:
+        return len(specs[_group(reduction)].concat)
+
+    if network == "imagenet":
+        dims = _layout(C, layers, 1, out_multiplier)
+        return [dims[0]._replace(reduction_prev=True), *dims[1:]]
+    return _layout(C, layers, stem_multiplier, out_multiplier)
+
+
 def _genotype_specs(genotype: Genotype) -> dict[str, CellSpec]:
-    """Per cell type, the node specs of a genotype (two pairs per node), validated."""
+    """Per cell type, the node specs of a genotype (two pairs per node; as many nodes as pairs / 2), validated."""
     specs = {}
     for group in GROUPS:
         pairs, concat = getattr(genotype, group), list(getattr(genotype, f"{group}_concat"))
@@ -363,28 +428,32 @@ def _check_spec(group: str, spec: CellSpec) -> None:
 class FixedNetwork(nn.Module):
     """Stem, a stack of fixed cells (reductions at layers//3 and 2*layers//3), pool and classifier.
 
-    `drop_path_prob` (set by the trainer) drops the non-identity op outputs of every cell in training.
+    `network` picks the stem and the auxiliary head: "cifar" (conv 3x3 to stem_multiplier * C at full resolution)
+    or "imagenet" (DARTS's two stride-2 stems, input / 8, then the cells). `drop_path_prob` (set by the trainer)
+    drops the non-identity op outputs of every cell in training.
     """
 
     def __init__(self, specs: dict[str, CellSpec], C: int, num_classes: int, layers: int, in_channels: int,
-                 auxiliary: bool = False, affine: bool = True, pool_bn: bool = False, stem_multiplier: int = 3):
+                 auxiliary: bool = False, affine: bool = True, pool_bn: bool = False, stem_multiplier: int = 3,
+                 network: str = "cifar"):
         super().__init__()
         _check_positive(C=C, num_classes=num_classes, layers=layers, in_channels=in_channels,
                         stem_multiplier=stem_multiplier)
+        _check_network(network, C)
         for group in GROUPS:
             _check_spec(group, specs[group])
-        dims = _layout(C, layers, stem_multiplier, lambda reduction: len(specs[_group(reduction)].concat))
+        dims = _network_layout(specs, C, layers, network, stem_multiplier)
         self.drop_path_prob = 0.0
-        self.stem = _stem(in_channels, stem_multiplier * C)
+        self.stem = _network_stem(network, in_channels, C, stem_multiplier)
         self.cells = nn.ModuleList(_FixedCell(d, specs[_group(d.reduction)], affine, pool_bn) for d in dims)
         self.aux_index = 2 * layers // 3
         aux_channels = _out_channels(dims[min(self.aux_index, layers - 1)], specs)
-        self.auxiliary_head = _AuxiliaryHead(aux_channels, num_classes) if auxiliary else None
+        self.auxiliary_head = _AuxiliaryHead(aux_channels, num_classes, network == "imagenet") if auxiliary else None
         self.classifier = nn.Linear(_out_channels(dims[-1], specs), num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits, auxiliary logits in training with an auxiliary head, else None)."""
-        s0 = s1 = self.stem(x)
+        s0, s1 = self.stem(x)
         aux = None
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
@@ -402,28 +471,42 @@ def _out_channels(dims: _CellDims, specs: dict[str, CellSpec]) -> int:
 
 
 class NetworkEval(FixedNetwork):
-    """The DARTS eval network of a Genotype: affine ops, no BN after pools, optional auxiliary head."""
+    """The DARTS eval network of a Genotype (NetworkCIFAR or NetworkImageNet): affine ops, no BN after pools,
+    optional auxiliary head."""
 
-    def __init__(self, genotype: Genotype, C: int, num_classes: int, layers: int, in_channels: int, auxiliary: bool):
-        super().__init__(_genotype_specs(genotype), C, num_classes, layers, in_channels, auxiliary=auxiliary)
+    def __init__(self, genotype: Genotype, C: int, num_classes: int, layers: int, in_channels: int, auxiliary: bool,
+                 network: str = "cifar"):
+        super().__init__(_genotype_specs(genotype), C, num_classes, layers, in_channels, auxiliary=auxiliary,
+                         network=network)
+
+
+def _meta_params(build: Callable[[], nn.Module]) -> int:
+    """Parameters of a module built on the meta device: no memory, and nothing drawn from the global RNG, so
+    costing a sample mid-search leaves a resumed run sampling alike."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build().parameters())
 
 
 @functools.cache
 def _op_params(name: str, C: int, stride: int) -> int:
-    """Parameters of one eval op (affine=True); each (op, C, stride) is built once, on the meta device so that
-    costing a sample mid-search draws nothing from the global RNG (a resumed run samples alike)."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in build_op(name, C, stride, affine=True).parameters())
+    """Parameters of one eval op (affine=True); each (op, C, stride) is counted once."""
+    return _meta_params(lambda: build_op(name, C, stride, affine=True))
+
+
+@functools.cache
+def _stem_params(network: str, in_channels: int, C: int) -> int:
+    return _meta_params(lambda: _network_stem(network, in_channels, C, 3))
 
 
 def eval_param_count(genotype: Genotype, C: int = 36, layers: int = 20, num_classes: int = 10,
-                     in_channels: int = 3) -> int:
+                     in_channels: int = 3, network: str = "cifar") -> int:
     """Parameters of NetworkEval(genotype) without its auxiliary head, from a per-op table (no model built)."""
     specs = _genotype_specs(genotype)
+    _check_network(network, C)
     for group in GROUPS:
         _check_spec(group, specs[group])
-    dims = _layout(C, layers, 3, lambda reduction: len(specs[_group(reduction)].concat))
-    total = in_channels * 3 * C * 9 + 2 * 3 * C  # stem conv + BN
+    dims = _network_layout(specs, C, layers, network, 3)
+    total = _stem_params(network, in_channels, C)
     for d in dims:
         total += (d.C_pp + d.C_p) * d.C + 4 * d.C  # two 1x1 preprocess convs (or FactorizedReduce) + BNs
         nodes = specs[_group(d.reduction)].nodes

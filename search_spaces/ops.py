@@ -34,6 +34,11 @@ EXTENDED_OPS: tuple[str, ...] = (
     "max_pool_5x5",
     "max_pool_7x7",
 )
+# Also in DARTS's op table: the ops of its NASNet and AmoebaNet genotypes (trainable; no default search set has them).
+NASNET_OPS: tuple[str, ...] = (
+    "sep_conv_7x7",
+    "conv_7x1_1x7",
+)
 
 
 class PreActivated(nn.Module):
@@ -56,14 +61,15 @@ class ReLUConvBN(PreActivated):
         )
 
 
-class Conv3x1x1x3(PreActivated):
-    """ReLU -> Conv(1x3) -> Conv(3x1) -> BN: a factorised 3x3 conv."""
+class AsymmetricConv(PreActivated):
+    """ReLU -> Conv(1 x k) -> Conv(k x 1) -> BN: a factorised k x k conv (conv_3x1_1x3, conv_7x1_1x7)."""
 
-    def __init__(self, C: int, stride: int, affine: bool = True):
+    def __init__(self, C: int, kernel: int, stride: int, affine: bool = True):
         super().__init__()
+        pad = kernel // 2
         self.body = nn.Sequential(
-            nn.Conv2d(C, C, (1, 3), stride=(1, stride), padding=(0, 1), bias=False),
-            nn.Conv2d(C, C, (3, 1), stride=(stride, 1), padding=(1, 0), bias=False),
+            nn.Conv2d(C, C, (1, kernel), stride=(1, stride), padding=(0, pad), bias=False),
+            nn.Conv2d(C, C, (kernel, 1), stride=(stride, 1), padding=(pad, 0), bias=False),
             nn.BatchNorm2d(C, affine=affine),
         )
 
@@ -270,9 +276,11 @@ OPS: dict[str, OpFactory] = {
     "conv_3x3": _conv(3),
     "conv_5x5": _conv(5),
     "conv_7x7": _conv(7),
-    "conv_3x1_1x3": lambda C, stride, affine: Conv3x1x1x3(C, stride, affine),
+    "conv_3x1_1x3": lambda C, stride, affine: AsymmetricConv(C, 3, stride, affine),
     "max_pool_5x5": _pool("max", 5),
     "max_pool_7x7": _pool("max", 7),
+    "sep_conv_7x7": lambda C, stride, affine: SepConv(C, C, 7, stride, 3, affine),
+    "conv_7x1_1x7": lambda C, stride, affine: AsymmetricConv(C, 7, stride, affine),
 }
 
 

@@ -14,7 +14,6 @@ from nas.genotype import load_genotype, shipped_genotype_names
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz `dot` not installed (make graphviz)")
 SVG = "{http://www.w3.org/2000/svg}"
-INTERMEDIATE = {"0", "1", "2", "3"}
 
 
 def svg_edges(path: Path) -> list[tuple[str, str, str]]:
@@ -40,12 +39,14 @@ def test_nas_plot_writes_png_and_svg(name: str, tmp_path: Path, capsys: pytest.C
         assert (tmp_path / "png" / f"{cell}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (tmp_path / "png" / f"{cell}.dot").read_text().startswith(f"digraph {cell}")
         edges = svg_edges(tmp_path / "svg" / f"{cell}.svg")
-        into_nodes = [(s, t, label) for s, t, label in edges if t in INTERMEDIATE]
-        assert len(into_nodes) == 8
+        pairs = getattr(genotype, cell)
+        into_nodes = [(s, t, label) for s, t, label in edges if t in {str(i) for i in range(len(pairs) // 2)}]
+        assert len(into_nodes) == len(pairs)  # 8 for the DARTS cells, 10 for NASNet's and AmoebaNet's
         expected = [(("c_{k-2}", "c_{k-1}")[i] if i < 2 else str(i - 2), str(k // 2), op)
-                    for k, (op, i) in enumerate(getattr(genotype, cell))]
+                    for k, (op, i) in enumerate(pairs)]
         assert sorted(into_nodes) == sorted(expected)
-        assert sorted(s for s, t, _ in edges if t == "c_{k}") == ["0", "1", "2", "3"]
+        concat = sorted(str(i - 2) for i in getattr(genotype, f"{cell}_concat"))
+        assert sorted(s for s, t, _ in edges if t == "c_{k}") == concat
 
 
 @needs_dot
