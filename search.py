@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from nas.config import load_config, to_dict
+from nas.config import load_config
 from nas.errors import UserError, exit_on_user_error
 
 
@@ -42,14 +42,13 @@ def setup_logging(run_dir: Path) -> None:
 def prepare(args: argparse.Namespace):
     """Validate the command line and the config, and choose the run directory, before any work."""
     from nas.checkpoint import load_checkpoint
-    from nas.config import build_dataclass
     from nas.search_config import SearchConfig
 
     if args.resume:
         if args.config or args.overrides or args.stage is not None:
             raise UserError("--resume continues a run with its saved config; drop -c, --set and --stage")
         run_dir = Path(args.resume)
-        cfg = build_dataclass(SearchConfig, load_checkpoint(run_dir, "search")["config"])
+        cfg = SearchConfig.from_tree(load_checkpoint(run_dir, "search")["config"])
         cfg.validate()
         return cfg, run_dir
     if not args.config:
@@ -70,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         from nas.search import Search, TrainingDiverged
 
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_tree(), sort_keys=False))
         setup_logging(run_dir)
         only_stage = args.stage - 1 if args.stage is not None else None
         search = Search(cfg, run_dir, resume=bool(args.resume), only_stage=only_stage)

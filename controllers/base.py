@@ -1,23 +1,24 @@
-"""The interface every architecture controller shares.
+"""The interface every architecture controller shares; controllers are found by name in controllers/registry.py.
 
-A controller owns architecture logits `alphas[group]` of shape [E, K] (E edges or choice blocks
-of a group such as "normal"/"reduce", K ops kept on every edge of that group). The search loop
-asks it how the supernet should run during weight steps and during validation, and calls
-`arch_step` every `update_interval` weight steps once the warm-up is over.
+A controller owns architecture logits `alphas[group]` of shape [E, K] (E edges or choice blocks of a group such
+as "normal"/"reduce", K ops kept on every edge of that group). The search loop asks it how the supernet should
+run during weight steps and during validation, calls `arch_step` every `update_interval` weight steps once the
+warm-up is over, calls its epoch and stage hooks, and logs the scalars it returns under the tags it declares.
+The space is passed in wherever the controller needs it (duck-typed: controllers never import a space).
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
-from nas.arch_types import KeptOps
+from nas.arch_types import KeptOps, OpIndices
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-Path = dict[str, torch.Tensor]  # group -> LongTensor[E]: index of the op run on each edge
+Evaluate = Callable[..., tuple[float, float]]  # (**supernet forward kwargs) -> (val loss, val top-1 %)
 
 
 @dataclass
@@ -26,19 +27,35 @@ class ArchStepContext:
 
     model: nn.Module
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    train_batch: Batch
+    train_batch: Batch | None
     val_batch: Batch
     w_optimizer: torch.optim.Optimizer
     lr: float
     stage: int
     step: int
-    reward_fn: Callable[[Path, float], Any] | None = None  # (path, accuracy) -> reward details
+
+
+@dataclass
+class StageContext:
+    """What a controller is built from for one stage of a search."""
+
+    sections: dict[str, Any]  # this controller's validated config sections
+    space: Any  # the search space (search_spaces.base.SearchSpace)
+    kept_ops: KeptOps
+    stage: int
+    num_stages: int
+    generator: torch.Generator  # CPU; drives the controller's own randomness
 
 
 class Controller(nn.Module, ABC):
     """Per-group architecture logits plus the rule that updates them."""
 
+    name: ClassVar[str]  # the registry name, also the prefix of the tags it writes (stage{s}/<name>/...)
+    config_sections: ClassVar[dict[str, type]] = {}  # YAML section -> its dataclass (validate(num_stages))
+    tags: ClassVar[dict[str, str]] = {}  # every scalar tag it writes, stage{s}/<name>/<key>: meaning
+    text_tags: ClassVar[dict[str, str]] = {}  # every text tag it writes
     update_interval: int = 1
+    optimizer: torch.optim.Optimizer | None = None  # the architecture optimizer, if any (its lr is logged)
 
     def __init__(self, shapes: dict[str, tuple[int, int]], init_std: float = 1e-3):
         super().__init__()
@@ -46,17 +63,59 @@ class Controller(nn.Module, ABC):
             {group: nn.Parameter(init_std * torch.randn(edges, ops)) for group, (edges, ops) in shapes.items()}
         )
 
+    # ----- construction -----
+    @classmethod
+    def validate_config(cls, sections: dict[str, Any], num_stages: int) -> None:
+        """Raise UserError for the first bad value of this controller's sections."""
+        for section in sections.values():
+            section.validate(num_stages)
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, ctx: StageContext) -> Controller:
+        """This stage's controller over the kept ops."""
+
+    @staticmethod
+    def shapes(kept_ops: KeptOps) -> dict[str, tuple[int, int]]:
+        """Logit shapes [edges, ops kept per edge] per group."""
+        return {group: (len(edges), len(edges[0])) for group, edges in kept_ops.items()}
+
+    # ----- what the search asks -----
     def probs(self) -> dict[str, torch.Tensor]:
         """Softmax of every group's logits over its kept ops, detached."""
         return {group: torch.softmax(alpha.detach(), dim=-1) for group, alpha in self.alphas.items()}
 
-    def argmax_path(self) -> Path:
+    def argmax_path(self) -> OpIndices:
         """The most probable op on every edge."""
         return {group: alpha.detach().argmax(dim=-1) for group, alpha in self.alphas.items()}
 
     def architecture(self, space: Any, kept_ops: KeptOps, max_skip: int | None = None) -> Any:
         """The architecture this controller outputs now: the space's derivation from the op probabilities."""
         return space.derive(self.probs(), kept_ops, max_skip)
+
+    def arch_active(self, epoch: int, warmup: int) -> bool:
+        """Whether training epoch `epoch` interleaves architecture steps (default: after the warm-up)."""
+        return epoch >= warmup
+
+    def extra_epochs(self, epochs: int, warmup: int) -> int:
+        """Epochs after the weight training that update only the architecture (default: none)."""
+        return 0
+
+    def on_epoch(self, epoch: int, epochs: int) -> None:
+        """Called before every epoch of the stage (0-based, out of `epochs` including extra epochs)."""
+
+    def epoch_scalars(self, evaluate: Evaluate, summary: dict[str, float]) -> dict[str, float]:
+        """Scalars for the end-of-epoch summary, keyed by tag suffix (`<name>/<key>` or `lr/arch`); `summary`
+        holds the engine's (val/acc is the accuracy under eval_forward_kwargs) and `evaluate` measures others."""
+        return {} if self.optimizer is None else {"lr/arch": self.optimizer.param_groups[0]["lr"]}
+
+    def stage_entries(self, space: Any, kept_ops: KeptOps, summary: dict[str, float]) -> dict[str, Any]:
+        """Extra entries of the stage record (plain data); `summary` is the stage's last epoch summary."""
+        return {}
+
+    def stage_texts(self, entries: dict[str, Any]) -> dict[str, str]:
+        """Text summaries of the stage entries, keyed by tag suffix (declared in `text_tags`)."""
+        return {}
 
     @abstractmethod
     def weight_forward_kwargs(self) -> dict[str, Any]:
@@ -68,4 +127,4 @@ class Controller(nn.Module, ABC):
 
     @abstractmethod
     def arch_step(self, ctx: ArchStepContext) -> dict[str, float]:
-        """Update the architecture logits once; return scalars for the monitor."""
+        """Update the architecture logits once; return scalars keyed by tag suffix (`arch/entropy`, `<name>/...`)."""

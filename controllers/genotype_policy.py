@@ -27,10 +27,9 @@ from typing import Callable, NamedTuple
 import torch
 
 from controllers.sampling import BehaviourPolicy, log_softmax
-from nas.arch_types import NONE_OP, SKIP_OP, CellLayout
+from nas.arch_types import NONE_OP, SKIP_OP, CellLayout, OpIndices
 from nas.errors import UserError
 
-Path = dict[str, torch.Tensor]
 OFF = -1  # path entry of an edge that the genotype does not use
 
 
@@ -128,7 +127,7 @@ class GenotypePolicy:
         return row
 
     def sample(self, op_logits: dict[str, torch.Tensor], pair_logits: dict[str, torch.Tensor],
-               behaviour: BehaviourPolicy, n: int, generator: torch.Generator | None = None) -> list[Path]:
+               behaviour: BehaviourPolicy, n: int, generator: torch.Generator | None = None) -> list[OpIndices]:
         """n genotypes from the behaviour policy applied to every decision's conditional pi.
 
         One uniform number per decision (a single draw from `generator`) picks the option by inverse CDF; mu is
@@ -156,7 +155,7 @@ class GenotypePolicy:
         return [{group: self._walk(cell, op_logits[group].detach(), rows[group], draws[group])
                  for group, cell in self.cells.items()} for _ in range(n)]
 
-    def decisions(self, paths: list[Path]) -> dict[str, Decisions]:
+    def decisions(self, paths: list[OpIndices]) -> dict[str, Decisions]:
         """The decisions (and the masks they were taken under) that produced each path, per group."""
 
         def replay(cell: _Cell, path_row: torch.Tensor) -> Chooser:
@@ -228,7 +227,7 @@ class GenotypePolicy:
 
     # ----- the most (or least) probable genotype -----
     def mode(self, op_logits: dict[str, torch.Tensor], pair_logits: dict[str, torch.Tensor],
-             max_skip: int | None = None, least: bool = False) -> Path | None:
+             max_skip: int | None = None, least: bool = False) -> OpIndices | None:
         """The most probable genotype under pi (`least`: the least probable one), exactly, with the normal cell's
         skip limit replaced by `max_skip` when given; None when no genotype fits that limit."""
         path = {}

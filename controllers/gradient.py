@@ -5,6 +5,9 @@ Second order (Liu et al. 2019, eq. 7-8): with the virtual step
 w' = w - lr * (momentum * buf + grad_w L_train(w) + wd * w),
 grad = grad_alpha L_val(w', alpha) - lr * [grad_alpha L_train(w+) - grad_alpha L_train(w-)] / (2R),
 where w+- = w +- R * grad_w' L_val(w', alpha) and R = 0.01 / ||grad_w' L_val||.
+The train passes at w, w+ and w- draw the same skip-dropout masks (one replayed RNG state): with
+masks of their own the difference quotient would divide mask noise by 2R.
+The gradient of the logits is clipped to norm `grad_clip` before Adam's step, as P-DARTS does.
 """
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 from torch.func import functional_call
 
-from controllers.base import ArchStepContext, Controller
+from controllers.base import ArchStepContext, Controller, StageContext
 from nas.errors import UserError
 
 
@@ -26,22 +30,54 @@ class GradientConfig:
     lr: float = 6e-4
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 1e-3
+    grad_clip: float = 5.0  # max norm of the logits' gradient; 0 disables
 
     def validate(self) -> None:
         if self.order not in (1, 2):
             raise UserError(f"gradient.order must be 1 or 2, got {self.order}")
         if self.lr <= 0:
             raise UserError(f"gradient.lr must be positive, got {self.lr}")
+        if self.grad_clip < 0:
+            raise UserError(f"gradient.grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
+
+
+FD_RADIUS = 0.01  # R = FD_RADIUS / ||grad_w' L_val|| in the finite-difference Hessian-vector product
+
+RngState = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def _rng_state(device: torch.device) -> RngState:
+    """The CPU RNG state and, off the CPU, that device's: together they fix the dropout masks drawn next."""
+    on_device = torch.get_device_module(device).get_rng_state(device) if device.type != "cpu" else None
+    return torch.get_rng_state(), on_device
+
+
+def _set_rng_state(state: RngState, device: torch.device) -> None:
+    cpu, on_device = state
+    torch.set_rng_state(cpu)
+    if on_device is not None:
+        torch.get_device_module(device).set_rng_state(on_device, device)
 
 
 class GradientController(Controller):
     """Softmax-relaxed architecture weights trained by Adam on validation batches."""
+
+    name = "gradient"
+    config_sections = {"gradient": GradientConfig}
 
     def __init__(self, shapes: dict[str, tuple[int, int]], cfg: GradientConfig):
         super().__init__(shapes)
         self.cfg = cfg
         self.optimizer = torch.optim.Adam(self.alphas.parameters(), lr=cfg.lr, betas=cfg.betas,
                                           weight_decay=cfg.weight_decay)
+
+    @classmethod
+    def validate_config(cls, sections: dict[str, Any], num_stages: int) -> None:
+        sections["gradient"].validate()
+
+    @classmethod
+    def from_config(cls, ctx: StageContext) -> GradientController:
+        return cls(cls.shapes(ctx.kept_ops), ctx.sections["gradient"])
 
     def mixture_weights(self) -> dict[str, torch.Tensor]:
         """Softmax of the logits, differentiable with respect to them."""
@@ -70,6 +106,8 @@ class GradientController(Controller):
         group = opt.param_groups[0]
         momentum, wd = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
         x, y = ctx.train_batch
+        device = x.device
+        masks = _rng_state(device)  # the train passes at w, w+ and w- all draw these dropout masks
         train_grads = torch.autograd.grad(ctx.criterion(model(x, **self.weight_forward_kwargs()), y), weights,
                                           allow_unused=True)
         virtual = {}
@@ -83,31 +121,34 @@ class GradientController(Controller):
         grads = self._alpha_grads(ctx, ctx.val_batch, virtual, wrt_params=True)
         d_alpha, d_w = grads[:n_alpha], grads[n_alpha:]
         d_w = [g if g is not None else torch.zeros_like(w) for g, w in zip(d_w, weights)]
-        radius = 0.01 / torch.cat([g.flatten() for g in d_w]).norm().clamp_min(1e-12)
-        hessian = []
+        radius = FD_RADIUS / torch.cat([g.flatten() for g in d_w]).norm().clamp_min(1e-12)
+        after = _rng_state(device)  # where the RNG continues, so the sequence does not depend on the replays
         with torch.no_grad():
             for w, g in zip(weights, d_w):
                 w.add_(g, alpha=radius)
+        _set_rng_state(masks, device)
         plus = self._alpha_grads(ctx, ctx.train_batch)
         with torch.no_grad():
             for w, g in zip(weights, d_w):
                 w.sub_(g, alpha=2 * radius)
+        _set_rng_state(masks, device)
         minus = self._alpha_grads(ctx, ctx.train_batch)
         with torch.no_grad():
             for w, g in zip(weights, d_w):
                 w.add_(g, alpha=radius)
-        for p, m in zip(plus, minus):
-            hessian.append((p - m) / (2 * radius))
-        return [da - ctx.lr * h for da, h in zip(d_alpha, hessian)]
+        _set_rng_state(after, device)
+        return [da - ctx.lr * (p - m) / (2 * radius) for da, p, m in zip(d_alpha, plus, minus)]
 
     def arch_step(self, ctx: ArchStepContext) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         grads = self._unrolled_grads(ctx) if self.cfg.order == 2 else self._alpha_grads(ctx, ctx.val_batch)
         for alpha, grad in zip(self.alphas.values(), grads):
             alpha.grad = grad
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.alphas.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         entropy = sum(float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean()) for p in self.probs().values())
-        return {"entropy": entropy / len(self.alphas)}
+        return {"arch/entropy": entropy / len(self.alphas)}
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}

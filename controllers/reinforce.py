@@ -35,6 +35,7 @@ a validation batch.
 """
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -43,8 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from controllers.base import ArchStepContext, Controller, KeptOps, Path
+from controllers.base import ArchStepContext, Controller, Evaluate, StageContext
 from controllers.genotype_policy import GenotypePolicy
+from controllers.reward import RewardConfig, RewardFn, make_reward_fn
 from controllers.sampling import (
     BEHAVIOURS,
     BatchedPaths,
@@ -55,7 +57,8 @@ from controllers.sampling import (
     stack_paths,
     unstack_paths,
 )
-from nas.arch_types import CellLayout
+from nas.arch_types import CellLayout, KeptOps, OpIndices
+from nas.batchnorm import batch_stat_eval
 from nas.errors import UserError
 
 INIT_STD = 1e-3
@@ -179,8 +182,31 @@ def entropy_gradient(logits: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dic
     return torch.cat(entropies), grads
 
 
+TAGS = {
+    "reward_mean": "mean reward of the samples of one policy update (accuracy 0..1 times the size penalty); flat "
+                   "while the baseline matches it is a stuck policy",
+    "reward_max": "best reward of the samples of one policy update",
+    "baseline": "EMA reward baseline the advantages are taken against",
+    "iw_mean": "mean importance weight pi/mu (after truncation); near 0 means the off-policy updates vanish",
+    "iw_max": "largest importance weight pi/mu (after truncation)",
+    "acc_mean": "mean accuracy (0..1) of the sampled architectures on one validation batch",
+    "params_mean": "mean eval-scale parameters (M) of the sampled architectures",
+    "flops_mean": "mean eval-scale FLOPs (M multiply-adds, thop) of the sampled architectures at the dataset's "
+                  "image size",
+    "best_recent_reward": "max reward among the last N samples, end of epoch",
+    "argmax_acc": "validation top-1 (%) of the most probable architecture, end of epoch",
+    "argmin_acc": "validation top-1 (%) of the least probable architecture, end of epoch; close to argmax_acc "
+                  "means the supernet does not tell architectures apart",
+}
+
+
 class ReinforceController(Controller):
     """Off-policy REINFORCE with an EMA baseline, an entropy bonus and Adam on the logits."""
+
+    name = "reinforce"
+    config_sections = {"reinforce": ReinforceConfig, "reward": RewardConfig}
+    tags = {f"stage{{s}}/reinforce/{key}": meaning for key, meaning in TAGS.items()}
+    text_tags = {"stage{s}/reinforce/best_recent_arch": "the max-reward architecture among the last N samples"}
 
     def __init__(self, shapes: dict[str, tuple[int, int]], cfg: ReinforceConfig, stage: int,
                  generator: torch.Generator | None = None, layouts: dict[str, CellLayout] | None = None):
@@ -207,8 +233,20 @@ class ReinforceController(Controller):
                     logits.copy_(INIT_STD * torch.randn(logits.shape, generator=generator))
         self.optimizer = torch.optim.Adam(self.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         self.baseline: float | None = None
-        self.recent: deque[tuple[Path, float]] = deque(maxlen=cfg.last_n)
+        self.recent: deque[tuple[OpIndices, float]] = deque(maxlen=cfg.last_n)
         self.samples_seen = 0
+        self.reward_fn: RewardFn | None = None  # (path, accuracy) -> (reward, params M, FLOPs M); set by from_config
+
+    @classmethod
+    def from_config(cls, ctx: StageContext) -> ReinforceController:
+        """The stage's controller, rewarding samples with this stage's size penalty on the space's costs."""
+        cfg = ctx.sections["reinforce"]
+        layouts = ctx.space.cell_layout(ctx.kept_ops) if cfg.sample == "genotype" else None
+        controller = cls(cls.shapes(ctx.kept_ops), cfg, ctx.stage, generator=ctx.generator, layouts=layouts)
+        controller.reward_fn = make_reward_fn(functools.partial(controller.path_architecture, ctx.space, ctx.kept_ops),
+                                              ctx.space.params_millions, ctx.sections["reward"], ctx.stage,
+                                              ctx.space.flops_millions)
+        return controller
 
     def _cpu_logits(self) -> dict[str, torch.Tensor]:
         return {group: alpha.detach().cpu() for group, alpha in self.alphas.items()}
@@ -216,12 +254,12 @@ class ReinforceController(Controller):
     def _cpu_pairs(self) -> dict[str, torch.Tensor]:
         return {group: logits.detach().cpu() for group, logits in self.pair_logits.items()}
 
-    def _draw(self, policy: BehaviourPolicy, n: int) -> list[Path]:
+    def _draw(self, policy: BehaviourPolicy, n: int) -> list[OpIndices]:
         if self.cells is not None:
             return self.cells.sample(self._cpu_logits(), self._cpu_pairs(), policy, n, self.generator)
         return unstack_paths(policy.sample(self._cpu_logits(), n, self.generator))
 
-    def sample(self, n: int) -> list[Path]:
+    def sample(self, n: int) -> list[OpIndices]:
         """n architectures from the behaviour policy, as paths (CPU LongTensors; -1 marks an unused edge)."""
         return self._draw(self.behaviour, n)
 
@@ -229,7 +267,7 @@ class ReinforceController(Controller):
         """Op probabilities per edge; when sampling genotypes, `none` (never sampled) has probability 0."""
         return super().probs() if self.cells is None else self.cells.op_probs(self._cpu_logits())
 
-    def _genotype_gradients(self, paths: Sequence[Path], rewards: torch.Tensor
+    def _genotype_gradients(self, paths: Sequence[OpIndices], rewards: torch.Tensor
                             ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Ascent direction per parameter name, importance weights and factor entropies, by autograd through
         the exact log-probabilities of the sampled decisions."""
@@ -253,7 +291,7 @@ class ReinforceController(Controller):
         grads = torch.autograd.grad(surrogate, list(leaves.values()))
         return dict(zip(leaves, grads)), weights, entropy.detach()
 
-    def update(self, paths: Sequence[Path], rewards: Sequence[float]) -> dict[str, float]:
+    def update(self, paths: Sequence[OpIndices], rewards: Sequence[float]) -> dict[str, float]:
         """One Adam step on the off-policy estimate from (path, reward) pairs; returns monitor scalars.
 
         mu is evaluated at the current logits, which are the ones the paths were sampled under as long as
@@ -289,19 +327,19 @@ class ReinforceController(Controller):
             "iw_max": weights.max().item(),
         }
 
-    def best_recent(self) -> tuple[Path, float] | None:
+    def best_recent(self) -> tuple[OpIndices, float] | None:
         """The max-reward (path, reward) among the last `last_n` samples; None before any update."""
         return max(self.recent, key=lambda pair: pair[1]) if self.recent else None
 
     # ----- the architectures the search runs, scores and outputs -----
-    def mode_path(self, max_skip: int | None = None) -> Path | None:
+    def mode_path(self, max_skip: int | None = None) -> OpIndices | None:
         """The policy's most probable architecture: per edge the argmax op, or, when sampling genotypes, the
         most probable genotype (exact; `max_skip` replaces the normal cell's skip limit; None if none fits)."""
         if self.cells is None:
             return self.argmax_path()
         return self.cells.mode(self._cpu_logits(), self._cpu_pairs(), max_skip)
 
-    def least_likely_path(self) -> Path:
+    def least_likely_path(self) -> OpIndices:
         """The least probable architecture (per-edge argmin, or the least probable genotype)."""
         if self.cells is None:
             return {group: alpha.detach().argmin(dim=-1) for group, alpha in self.alphas.items()}
@@ -309,14 +347,14 @@ class ReinforceController(Controller):
         assert path is not None  # the space's own skip limit always admits a genotype
         return path
 
-    def uniform_path(self) -> Path:
+    def uniform_path(self) -> OpIndices:
         """One architecture drawn uniformly (separate mode trains the supernet on these)."""
         if self.cells is None:
             return {group: torch.randint(alpha.shape[1], (alpha.shape[0],), generator=self.generator)
                     for group, alpha in self.alphas.items()}
         return self._draw(make_behaviour("uniform"), 1)[0]
 
-    def path_architecture(self, space: Any, kept_ops: KeptOps, path: Path) -> Any:
+    def path_architecture(self, space: Any, kept_ops: KeptOps, path: OpIndices) -> Any:
         """The architecture a path stands for: the genotype itself, or (edges) the genotype derived from the
         sampled op on every edge, edges ranked by the policy's probability of that op."""
         if self.cells is not None:
@@ -330,26 +368,58 @@ class ReinforceController(Controller):
         path = self.mode_path(max_skip)
         return None if path is None else space.path_architecture(path, kept_ops)
 
+    # ----- the search loop's hooks -----
+    def arch_active(self, epoch: int, warmup: int) -> bool:
+        return self.cfg.mode == "interleaved" and epoch >= warmup
+
+    def extra_epochs(self, epochs: int, warmup: int) -> int:
+        """Separate mode: after training the supernet, one policy epoch per non-warm-up epoch."""
+        return epochs - warmup if self.cfg.mode == "separate" else 0
+
+    def epoch_scalars(self, evaluate: Evaluate, summary: dict[str, float]) -> dict[str, float]:
+        scalars = {**super().epoch_scalars(evaluate, summary), "reinforce/argmax_acc": summary["val/acc"],
+                   "reinforce/argmin_acc": evaluate(path=self.least_likely_path())[1]}
+        best = self.best_recent()
+        if best is not None:  # None until the first policy update
+            scalars["reinforce/best_recent_reward"] = best[1]
+        return scalars
+
+    def stage_entries(self, space: Any, kept_ops: KeptOps, summary: dict[str, float]) -> dict[str, Any]:
+        """The max-reward architecture among the last samples, and the most/least probable one's accuracy."""
+        best = self.best_recent()
+        recent = None if best is None else {
+            "ops": {g: [kept_ops[g][e][i] if i >= 0 else None for e, i in enumerate(idx.tolist())]
+                    for g, idx in best[0].items()},
+            "reward": best[1], "genotype": space.format_arch(self.path_architecture(space, kept_ops, best[0]))}
+        return {"best_recent": recent, "argmax_acc": summary.get("reinforce/argmax_acc"),
+                "argmin_acc": summary.get("reinforce/argmin_acc")}
+
+    def stage_texts(self, entries: dict[str, Any]) -> dict[str, str]:
+        return {"reinforce/best_recent_arch": str(entries["best_recent"])}
+
     def weight_forward_kwargs(self) -> dict[str, Any]:
+        if self.cfg.mode == "separate":  # the supernet trains under uniform sampling before the policy runs
+            return {"path": self.uniform_path()}
         return {"path": self._draw(self.weight_sampler, 1)[0]}
 
     def eval_forward_kwargs(self) -> dict[str, Any]:
         return {"path": self.mode_path()}
 
     def arch_step(self, ctx: ArchStepContext) -> dict[str, float]:
-        """Sample, score each path on ctx.val_batch with the supernet running that path only, update."""
-        if ctx.reward_fn is None:
-            raise ValueError("ReinforceController.arch_step needs ctx.reward_fn")
+        """Sample, score each path on ctx.val_batch with the supernet running that path only (BatchNorm on the
+        batch's statistics), update; returns the update's scalars keyed by tag suffix."""
+        if self.reward_fn is None:
+            raise ValueError("ReinforceController.arch_step needs reward_fn (from_config sets it)")
         paths = self.sample(self.cfg.samples_per_update)
         x, y = ctx.val_batch
-        with torch.no_grad():
+        with batch_stat_eval(ctx.model), torch.no_grad():
             accuracies = [(ctx.model(x, path=path).argmax(dim=-1) == y).float().mean().item() for path in paths]
-        rewards, params, flops = zip(*(ctx.reward_fn(path, acc) for path, acc in zip(paths, accuracies)))
+        rewards, params, flops = zip(*(self.reward_fn(path, acc) for path, acc in zip(paths, accuracies)))
         metrics = self.update(paths, rewards)
         metrics["params_mean"] = sum(params) / len(params)
         metrics["flops_mean"] = sum(flops) / len(flops)
         metrics["acc_mean"] = sum(accuracies) / len(accuracies)
-        return metrics
+        return {"arch/entropy": metrics.pop("entropy"), **{f"reinforce/{k}": v for k, v in metrics.items()}}
 
     def get_extra_state(self) -> dict[str, Any]:
         return {

@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from controllers.base import Path
+from nas.arch_types import OpIndices
 from nas.errors import UserError
 
-RewardFn = Callable[[Path, float], tuple[float, float, float]]  # (path, accuracy) -> (reward, params M, FLOPs M)
+RewardFn = Callable[[OpIndices, float], tuple[float, float, float]]  # (path, accuracy) -> (reward, params M, FLOPs M)
 
 
 @dataclass
@@ -39,7 +39,7 @@ def param_penalty_reward(accuracy: float, params_m: float, p_base: float, alpha:
     return accuracy * (params_m / p_base) ** alpha
 
 
-def make_reward_fn(architecture_fn: Callable[[Path], Any], params_fn: Callable[[Any], float], cfg: RewardConfig,
+def make_reward_fn(architecture_fn: Callable[[OpIndices], Any], params_fn: Callable[[Any], float], cfg: RewardConfig,
                    stage: int, flops_fn: Callable[[Any], float]) -> RewardFn:
     """The search's reward for this stage: (path, accuracy) -> (reward, params_m, flops_m).
 
@@ -48,7 +48,7 @@ def make_reward_fn(architecture_fn: Callable[[Path], Any], params_fn: Callable[[
     """
     p_base, alpha = cfg.p_base[stage], cfg.alpha[stage]
 
-    def reward_fn(path: Path, accuracy: float) -> tuple[float, float, float]:
+    def reward_fn(path: OpIndices, accuracy: float) -> tuple[float, float, float]:
         arch = architecture_fn(path)
         params_m = params_fn(arch)
         return param_penalty_reward(accuracy, params_m, p_base, alpha), params_m, flops_fn(arch)

@@ -21,18 +21,18 @@ from typing import Callable, ClassVar, Sequence
 
 import torch
 
-from controllers.base import Path
+from nas.arch_types import OpIndices
 from nas.errors import UserError
 
 BatchedPaths = dict[str, torch.Tensor]  # group -> LongTensor[n, E]: op index per sample and edge
 
 
-def stack_paths(paths: Sequence[Path]) -> BatchedPaths:
+def stack_paths(paths: Sequence[OpIndices]) -> BatchedPaths:
     """Stack n paths (group -> LongTensor[E]) into one batch (group -> LongTensor[n, E])."""
     return {group: torch.stack([path[group] for path in paths]) for group in paths[0]}
 
 
-def unstack_paths(batch: BatchedPaths) -> list[Path]:
+def unstack_paths(batch: BatchedPaths) -> list[OpIndices]:
     """Split a batch (group -> LongTensor[n, E]) into n paths (group -> LongTensor[E])."""
     n = len(next(iter(batch.values())))
     return [{group: ops[i] for group, ops in batch.items()} for i in range(n)]

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
+
 NONE_OP = "none"
 SKIP_OP = "skip_connect"
-
 KeptOps = dict[str, list[list[str]]]  # group -> per edge, the op names still searched on that edge
+OpIndices = dict[str, torch.Tensor]  # group -> LongTensor[E]: per edge the kept-op index a path runs (-1: off)
 
 
 class CellLayout(NamedTuple):

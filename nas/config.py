@@ -145,7 +145,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     tree = read_yaml(path) if path is not None else {}
     for assignment in overrides:
         _set_dotted(tree, assignment)
-    config = build_dataclass(cls, tree)
+    from_tree = getattr(cls, "from_tree", None)  # configs whose sections depend on their contents build themselves
+    config = from_tree(tree) if from_tree is not None else build_dataclass(cls, tree)
     validate = getattr(config, "validate", None)
     if validate is not None:
         validate()

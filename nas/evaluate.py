@@ -28,6 +28,7 @@ from tqdm import tqdm
 from nas.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from nas.config import RunConfigBase, SGDConfig, build_dataclass, load_config, to_dict
 from nas.data import DATASETS, ImageData, load_dataset
+from nas.device import resolve_device
 from nas.errors import UserError
 from nas.genotype import (
     SHIPPED_DIR,
@@ -41,12 +42,13 @@ from nas.genotype import (
 )
 from nas.metrics import accuracy, count_parameters, flops_millions
 from nas.monitor import EVAL_TAGS, Monitor
-from search_spaces.darts import NETWORKS, NetworkEval
+from search_spaces.registry import space_class
 
 KIND = "eval"
 RECORD = "genotype.json"
 SCHEDULERS = ("cosine", "step")
-MIN_IMAGE_SIZE = 4  # two stride-2 reduction cells
+EVAL_SPACE = space_class("darts")  # the eval trainer trains genotypes of the DARTS cell space
+NETWORKS = EVAL_SPACE.eval_networks
 # Eval dataset names: nas.data's, plus `imagenet`, an ImageFolder root (train/ and val/) trained with the ImageNet
 # network; `auto` picks that network for it and for `imagefolder` (nas.data crops both to 224x224).
 EVAL_DATASETS: tuple[str, ...] = (*DATASETS, "imagenet")
@@ -201,25 +203,6 @@ def dist_info() -> DistInfo:
     return info
 
 
-def pick_device(name: str, info: DistInfo) -> torch.device:
-    """cuda:LOCAL_RANK when CUDA is wanted and present, else the CPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("run.device=cuda but no CUDA device is available; use run.device=cpu or auto")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    if info.local_rank >= torch.cuda.device_count():
-        raise UserError(f"LOCAL_RANK {info.local_rank} but only {torch.cuda.device_count()} CUDA devices; "
-                        "start at most one process per GPU")
-    return torch.device("cuda", info.local_rank)
-
-
-def check_image_size(size: int, dataset: str) -> None:
-    """NetworkEval halves the map twice; refuse images smaller than MIN_IMAGE_SIZE."""
-    if size < MIN_IMAGE_SIZE:
-        raise UserError(f"{dataset} images are {size}x{size}: too small for the two reduction cells, which need at "
-                        f"least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}; use a dataset with larger images")
-
-
 def genotype_source(spec: str, genotype: Genotype) -> tuple[str, dict[str, Any]]:
     """A short name for run directories and the record to extend: the source record, or a new one."""
     spec = spec.strip()
@@ -316,7 +299,7 @@ class NonFiniteLoss(RuntimeError):
 class Trainer:
     """One NetworkEval with its optimizer, lr schedule and AMP state, trained on this process's shard."""
 
-    def __init__(self, config: EvalConfig, net: NetworkEval, device: torch.device, info: DistInfo):
+    def __init__(self, config: EvalConfig, net: nn.Module, device: torch.device, info: DistInfo):
         self.config, self.net, self.device, self.info = config, net, device, info
         run, train = config.run, config.train
         on_cuda = device.type == "cuda"
@@ -459,16 +442,15 @@ class EvalRun:
         if cfg.train.batch_size % info.world_size:
             raise UserError(f"train.batch_size {cfg.train.batch_size} is the global batch and must divide evenly "
                             f"over {info.world_size} processes")
-        self.device = pick_device(cfg.run.device, info)
+        self.device = resolve_device(cfg.run.device, info.local_rank)
         d = cfg.data
         name = "imagefolder" if d.dataset == "imagenet" else d.dataset
         train = load_dataset(name, d.root, train=True, augment=True, cutout=d.cutout, download=d.download)
         test = load_dataset(name, d.root, train=False, download=d.download)
-        check_image_size(train.size, d.dataset)
         self.num_classes, self.input_shape = train.num_classes, (1, train.in_channels, train.size, train.size)
         seed_everything(cfg.run.seed)
-        net = NetworkEval(setup.genotype, cfg.model.C, train.num_classes, cfg.model.layers, train.in_channels,
-                          cfg.model.auxiliary, cfg.network)
+        net = EVAL_SPACE.eval_network(setup.genotype, train, C=cfg.model.C, layers=cfg.model.layers,
+                                      auxiliary=cfg.model.auxiliary, network=cfg.network)
         self.params_m = count_parameters(net, exclude="auxiliary") / 1e6
         self.flops_m = flops_millions(net, self.input_shape)
         self.data = EvalData(train, test, cfg.train.batch_size, d.num_workers, cfg.run.seed, info)

@@ -227,11 +227,12 @@ def parse_genotype(text: str) -> Genotype:
 
 # ---------------------------------------------------------------- records
 
-def make_record(genotype: Genotype, space: str = "darts", source: str = "", search: dict | None = None,
+def make_record(genotype: Genotype | Any, space: str = "darts", source: str = "", search: dict | None = None,
                 metrics: dict | None = None) -> dict:
-    """A genotype record (DESIGN §5): genotype dict, space, source, search details and metrics."""
-    return {"genotype": genotype.to_dict(), "space": space, "source": source, "search": search or {},
-            "metrics": metrics or {}}
+    """An architecture record (DESIGN §5): the architecture (a Genotype, or the space's record form of its own
+    architecture), space, source, search details and metrics."""
+    arch = genotype.to_dict() if isinstance(genotype, Genotype) else genotype
+    return {"genotype": arch, "space": space, "source": source, "search": search or {}, "metrics": metrics or {}}
 
 
 def _dumps(value: Any, level: int = 0) -> str:

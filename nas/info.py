@@ -16,12 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 from nas.errors import OneLineParser, UserError, exit_on_user_error
 from nas.genotype import CELLS, Genotype, load_genotype
+from search_spaces.registry import space_class
 
 # dataset -> (network, classes, input size, default C, default layers)
+DARTS = space_class("darts")  # nas-info describes genotypes of the DARTS cell space
 SCALES: dict[str, tuple[str, int, int, int, int]] = {
     "cifar10": ("cifar", 10, 32, 36, 20),
     "cifar100": ("cifar", 100, 32, 36, 20),
@@ -45,26 +48,15 @@ def op_histogram(pairs: Sequence[tuple[str, int]]) -> dict[str, int]:
 
 def genotype_info(genotype: Genotype, dataset: str = "cifar10", C: int | None = None,
                   layers: int | None = None) -> dict[str, Any]:
-    """Parameters, FLOPs, op histograms, normal-cell skips and depth of the eval network of `genotype`.
-
-    Parameters come from the per-op table (eval_param_count). FLOPs of the CIFAR network come from the per-op
-    FLOPs table (nas.arch_cost, equal to thop on the built network and much faster); the table does not know the
-    ImageNet stems, so that network is built and profiled with thop.
-    """
-    from nas.arch_cost import eval_flops_millions
-    from nas.metrics import flops_millions
-    from search_spaces.darts import NetworkEval, eval_param_count
-
+    """Parameters, FLOPs, op histograms, normal-cell skips and depth of the eval network of `genotype`
+    (costs from the DARTS space's `eval_cost`)."""
     network, classes, size, default_C, default_layers = SCALES[dataset]
     C = default_C if C is None else C
     layers = default_layers if layers is None else layers
     if C < 1 or layers < 1:
         raise UserError(f"--C and --layers must be positive integers, got C={C}, layers={layers}")
-    params = eval_param_count(genotype, C, layers, classes, 3, network)
-    if network == "cifar":
-        flops = eval_flops_millions(genotype, C, layers, classes, 3, size)
-    else:
-        flops = flops_millions(NetworkEval(genotype, C, classes, layers, 3, False, network), (1, 3, size, size))
+    data = SimpleNamespace(in_channels=3, size=size, num_classes=classes)
+    params, flops = DARTS.eval_cost(genotype, data, C, layers, network)
     return {
         "genotype": repr(genotype),
         "dataset": dataset,

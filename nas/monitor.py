@@ -14,8 +14,12 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-# Every tag, with {s} the stage (1-based), {cell} normal|reduce, {e} the edge (00..13), {op} an op name.
-TAGS: dict[str, str] = {
+from controllers.registry import CONTROLLERS
+from search_spaces.registry import SPACES
+
+# The engine's tags, with {s} the stage (1-based), {cell} normal|reduce, {e} the edge (00..13), {op} an op name.
+# Spaces and controllers add their own (their `tags` and `text_tags`): see TAG_KINDS.
+ENGINE_TAGS: dict[str, str] = {
     "stage{s}/{cell}/argmax/edge_{e}": "index (in the edge's kept ops) of the most probable op; a flat line means the "
                                        "edge has decided, every edge on one op early is rich-get-richer",
     "stage{s}/{cell}/prob/edge_{e}/{op}": "softmax weight of each kept op on each edge; pool or skip curves rising on "
@@ -27,28 +31,9 @@ TAGS: dict[str, str] = {
                         "mixture, REINFORCE: the argmax path)",
     "stage{s}/lr/weights": "learning rate of the weight optimizer (cosine per stage)",
     "stage{s}/lr/arch": "learning rate of the architecture optimizer",
-    "stage{s}/skip_dropout": "P-DARTS dropout rate on identity skip connections",
-    "stage{s}/arch/entropy": "mean entropy of the per-edge op distributions (nats); ln(ops) is undecided, "
-                             "a fast fall to 0 is an early commitment",
-    "stage{s}/reinforce/reward_mean": "mean reward of the samples of one policy update (accuracy 0..1 times the "
-                                      "size penalty); flat while the baseline matches it is a stuck policy",
-    "stage{s}/reinforce/reward_max": "best reward of the samples of one policy update",
-    "stage{s}/reinforce/baseline": "EMA reward baseline the advantages are taken against",
-    "stage{s}/reinforce/iw_mean": "mean importance weight pi/mu (after truncation); near 0 means the off-policy "
-                                  "updates vanish",
-    "stage{s}/reinforce/iw_max": "largest importance weight pi/mu (after truncation)",
-    "stage{s}/reinforce/acc_mean": "mean accuracy (0..1) of the sampled paths on one validation batch",
-    "stage{s}/reinforce/params_mean": "mean eval-scale parameters (M) of the sampled architectures",
-    "stage{s}/reinforce/flops_mean": "mean eval-scale FLOPs (M multiply-adds, thop) of the sampled architectures at "
-                                     "the dataset's image size",
-    "stage{s}/reinforce/best_recent_reward": "max reward among the last N samples, end of epoch",
-    "stage{s}/reinforce/argmax_acc": "validation top-1 (%) of the argmax architecture, end of epoch",
-    "stage{s}/reinforce/argmin_acc": "validation top-1 (%) of the argmin architecture, end of epoch; close to "
-                                     "argmax_acc means the supernet does not tell paths apart",
 }
-TEXT_TAGS: dict[str, str] = {
-    "stage{s}/reinforce/best_recent_arch": "the max-reward architecture among the last N samples (ops per edge)",
-    "stage{s}/genotype": "the genotype derived at the end of the stage",
+ENGINE_TEXT_TAGS: dict[str, str] = {
+    "stage{s}/genotype": "the architecture derived at the end of the stage",
 }
 IMAGE_TAGS: dict[str, str] = {
     "stage{s}/cell/{cell}": "graphviz drawing of the stage's derived normal and reduce cells",
@@ -65,7 +50,21 @@ EVAL_TAGS: dict[str, str] = {
     "drop_path_prob": "drop path probability of the epoch (scaled linearly by epoch)",
 }
 
-TAG_KINDS: dict[str, dict[str, str]] = {"scalar": TAGS, "text": TEXT_TAGS, "image": IMAGE_TAGS}
+
+def _plugin_tags() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """(scalar tags, text tags, writer of each tag) of every registered space and controller."""
+    scalars, texts, writers = {}, {}, {}
+    for kind, registry in (("space", SPACES), ("controller", CONTROLLERS)):
+        for name, plugin in registry.items():
+            for table, tags in ((scalars, plugin.tags), (texts, getattr(plugin, "text_tags", {}))):
+                table.update(tags)
+                writers.update({template: f"the {name} {kind}" for template in tags})
+    return scalars, texts, writers
+
+
+_PLUGIN_SCALARS, _PLUGIN_TEXTS, _WRITERS = _plugin_tags()
+TAG_KINDS: dict[str, dict[str, str]] = {"scalar": {**ENGINE_TAGS, **_PLUGIN_SCALARS},
+                                        "text": {**ENGINE_TEXT_TAGS, **_PLUGIN_TEXTS}, "image": IMAGE_TAGS}
 
 
 def edge_field(e: int) -> str:
@@ -73,9 +72,9 @@ def edge_field(e: int) -> str:
     return f"{e:02d}"
 
 
-def tag_mode(template: str) -> str:
-    """Which searches write a tag: `reinforce` for the REINFORCE-only tags, `all` for the others."""
-    return "reinforce" if "/reinforce/" in template else "all"
+def tag_writer(template: str) -> str:
+    """Who writes a tag: `every search`, or the plugin that declares it (`the reinforce controller`)."""
+    return _WRITERS.get(template, "every search")
 
 
 def tag_table_markdown() -> str:
@@ -83,7 +82,7 @@ def tag_table_markdown() -> str:
     rows = ["| tag | kind | written by | what it tells |", "|---|---|---|---|"]
     for kind, table in TAG_KINDS.items():
         for template, meaning in table.items():
-            mode = "REINFORCE searches" if tag_mode(template) == "reinforce" else "every search"
+            mode = tag_writer(template)
             if kind == "image":
                 mode += " with `run.draw` and graphviz"
             rows.append(f"| `{template}` | {kind} | {mode} | {meaning} |")
@@ -94,7 +93,7 @@ def tag_table_markdown() -> str:
 def tag(template: str, **fields: Any) -> str:
     """Fill a documented tag template; refuses templates that are not in the tag tables."""
     if not any(template in table for table in (*TAG_KINDS.values(), EVAL_TAGS)):
-        raise KeyError(f"undocumented tag {template!r}: add it to nas.monitor.TAGS first")
+        raise KeyError(f"undocumented tag {template!r}: add it to nas.monitor.ENGINE_TAGS or the plugin's tags")
     return template.format(**fields)
 
 

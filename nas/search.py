@@ -7,9 +7,7 @@ weight steps), so `--resume` continues a killed run exactly where it stopped.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,71 +18,26 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from controllers.base import ArchStepContext, Controller
-from controllers.gradient import GradientController
-from controllers.reinforce import ReinforceController
-from controllers.reward import make_reward_fn
-from nas.arch_cost import space_flops_millions
+from controllers.base import ArchStepContext, StageContext
+from controllers.registry import controller_class
+from nas.arch_types import KeptOps
+from nas.batchnorm import batch_stat_eval
 from nas.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
-from nas.config import to_dict
-from nas.data import ImageData, search_loaders
+from nas.data import search_loaders
+from nas.device import resolve_device
 from nas.errors import UserError
-from nas.genotype import genotype_from_dict, make_record, read_record, write_record
+from nas.genotype import make_record, read_record, write_record
 from nas.monitor import Monitor
 from nas.report import write_report
 from nas.search_config import SearchConfig
-from search_spaces.base import KeptOps, SearchSpace
-from search_spaces.darts import DartsSpace, drop_weakest
+from search_spaces.registry import space_class
 
 log = logging.getLogger("nas.search")
-SKIP_DROPOUT_DECAY = 0.2  # P-DARTS: rate * exp(-0.2 * epochs since the warm-up ended)
+STAGE_SEED_STRIDE = 1000  # stage k's weights and data draw from seed + 1000 * (k + 1), so --stage N repeats a stage
 
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss: the run stops and keeps its last good checkpoint."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("run.device=cuda but no CUDA device is visible; use run.device=cpu or auto")
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
-
-
-def build_space(cfg: SearchConfig, data: ImageData) -> SearchSpace:
-    """The searched space for this dataset; refuses images too small for the two reduction cells."""
-    if data.size < 4:
-        raise UserError(f"{cfg.data.dataset} images are {data.size}x{data.size}, too small for 2 reduction "
-                        f"cells; use images of at least 4x4")
-    m = cfg.model
-    return DartsSpace(C=m.C, num_classes=data.num_classes, in_channels=data.in_channels, normal_ops=m.normal_ops,
-                      reduce_ops=m.reduce_ops, steps=m.steps, multiplier=m.multiplier,
-                      stem_multiplier=m.stem_multiplier, max_skip=m.max_skip, eval_C=m.eval_C,
-                      eval_layers=m.eval_layers)
-
-
-def skip_dropout_rate(rate: float, epoch: int, epochs: int, warmup: int) -> float:
-    """P-DARTS schedule: linear decay during the warm-up, exponential decay afterwards."""
-    if epoch < warmup:
-        return rate * (epochs - epoch - 1) / epochs
-    return rate * math.exp(-(epoch - warmup) * SKIP_DROPOUT_DECAY)
-
-
-@contextlib.contextmanager
-def batch_stat_eval(model: nn.Module) -> Iterator[None]:
-    """Evaluate a supernet path: no dropout, BatchNorm on batch statistics, running statistics untouched."""
-    was_training = model.training
-    model.eval()
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.train()
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum in zip(norms, saved):
-            m.momentum = momentum
-        model.train(was_training)
 
 
 class CyclingBatches:
@@ -127,15 +80,6 @@ class Progress:
     summary: dict[str, float] = field(default_factory=dict)  # the stage's last epoch summary
 
 
-def build_controller(cfg: SearchConfig, space: SearchSpace, kept_ops: KeptOps, stage: int,
-                     generator: torch.Generator) -> Controller:
-    shapes = {g: (len(edges), len(edges[0])) for g, edges in kept_ops.items()}
-    if cfg.controller == "gradient":
-        return GradientController(shapes, cfg.gradient)
-    layouts = space.cell_layout(kept_ops) if cfg.reinforce.sample == "genotype" else None
-    return ReinforceController(shapes, cfg.reinforce, stage, generator=generator, layouts=layouts)
-
-
 class StageRunner:
     """One stage: a fresh supernet and controller over the stage's kept ops, trained epoch by epoch."""
 
@@ -143,10 +87,12 @@ class StageRunner:
         self.search, self.cfg, self.stage = search, search.cfg, stage
         p = search.progress
         if state is None:
-            seed_everything(self.cfg.run.seed + 1000 * (stage + 1))  # a stage repeats alone (--stage N)
+            seed_everything(self.cfg.run.seed + STAGE_SEED_STRIDE * (stage + 1))  # a stage repeats alone
         self.model = search.space.build_supernet(p.kept_ops, self.cfg.stages.layers[stage]).to(search.device)
         self.generator = torch.Generator().manual_seed(self.cfg.run.seed + stage)
-        self.controller = build_controller(self.cfg, search.space, p.kept_ops, stage, self.generator).to(search.device)
+        controller_ctx = StageContext(sections=self.cfg.controller_sections, space=search.space, kept_ops=p.kept_ops,
+                                      stage=stage, num_stages=self.cfg.num_stages, generator=self.generator)
+        self.controller = controller_class(self.cfg.controller).from_config(controller_ctx).to(search.device)
         o = self.cfg.optim
         self.params = list(self.model.parameters())  # walking a supernet's modules costs ms per call
         self.w_opt = torch.optim.SGD(self.params, lr=o.lr, momentum=o.momentum,
@@ -161,12 +107,8 @@ class StageRunner:
             self.scheduler.load_state_dict(state["scheduler"])
             self.generator.set_state(state["generator"])
             self.val_batches = CyclingBatches(search.val_loader, **state["val_cursor"])
-        self.reward_fn = (make_reward_fn(functools.partial(self.controller.path_architecture, search.space, p.kept_ops),
-                                         search.space.params_millions, self.cfg.reward, stage,
-                                         functools.partial(space_flops_millions, search.space, size=search.data.size))
-                          if self.cfg.controller == "reinforce" else None)
-        self.separate = self.cfg.controller == "reinforce" and self.cfg.reinforce.mode == "separate"
-        self.skip_p, self.epoch_lr = 0.0, self.scheduler.get_last_lr()[0]
+        self.regularisers: dict[str, float] = {}  # the space's regulariser values of the current epoch
+        self.epoch_lr = self.scheduler.get_last_lr()[0]
         if state is not None:  # last, so building this stage's modules does not shift the restored RNG
             set_rng_state(state["rng"])
 
@@ -185,12 +127,9 @@ class StageRunner:
     def _arch_step(self, train_batch, step: int) -> dict[str, float]:
         ctx = ArchStepContext(model=self.model, criterion=F.cross_entropy, train_batch=train_batch,
                               val_batch=self._batch(next(self.val_batches)), w_optimizer=self.w_opt,
-                              lr=self.scheduler.get_last_lr()[0], stage=self.stage, step=step,
-                              reward_fn=self.reward_fn)
-        ctx_manager = batch_stat_eval(self.model) if self.cfg.controller == "reinforce" else contextlib.nullcontext()
-        with ctx_manager:
-            metrics = self.controller.arch_step(ctx)
-        if not all(torch.isfinite(a).all() for a in self.controller.alphas.values()):
+                              lr=self.scheduler.get_last_lr()[0], stage=self.stage, step=step)
+        metrics = self.controller.arch_step(ctx)
+        if not all(torch.isfinite(a).all() for a in self.controller.parameters()):
             raise TrainingDiverged(self.search.where("architecture logits became non-finite"))
         return metrics
 
@@ -211,22 +150,17 @@ class StageRunner:
         p.sums["count"] += len(y)
         return loss
 
-    def _weight_kwargs(self) -> dict[str, Any]:
-        if self.separate:
-            return {"path": self.controller.uniform_path()}
-        return self.controller.weight_forward_kwargs()
-
     def _train_epoch(self, epoch: int) -> None:
         p, search = self.search.progress, self.search
         loader = search.train_loader
         loader.sampler.set_epoch(epoch, skip_batches=p.step)
-        arch_on = epoch >= self.cfg.stages.warmup_epochs[self.stage] and not self.separate
+        arch_on = self.controller.arch_active(epoch, self.cfg.stages.warmup_epochs[self.stage])
         for batch in search.monitor.progress(loader, total=len(loader), desc=f"stage {self.stage + 1} ep {epoch}"):
             x, y = self._batch(batch)
             if arch_on and p.step % self.controller.update_interval == 0:
                 metrics = self._arch_step((x, y), p.step)
                 search.log_arch_metrics(self.stage, metrics)
-            self._weight_step(x, y, self._weight_kwargs())
+            self._weight_step(x, y, self.controller.weight_forward_kwargs())
             p.step += 1
             p.global_step += 1
             if p.global_step % self.cfg.run.log_every == 0:
@@ -235,7 +169,7 @@ class StageRunner:
                 search.checkpoint(self)
 
     def _policy_epoch(self) -> None:
-        """Separate mode: policy updates on validation batches with the supernet frozen."""
+        """An epoch of architecture updates on validation batches with the supernet frozen (extra_epochs)."""
         p, search = self.search.progress, self.search
         for _ in range(p.step, search.val_batches_per_epoch):
             metrics = self._arch_step(None, p.step)
@@ -265,36 +199,32 @@ class StageRunner:
         p, search = self.search.progress, self.search
         summary = {"train/loss": p.sums["loss"] / max(p.sums["count"], 1),
                    "train/acc": 100.0 * p.sums["correct"] / max(p.sums["count"], 1),
-                   "lr/weights": self.epoch_lr, "skip_dropout": self.skip_p,
-                   "lr/arch": self.controller.optimizer.param_groups[0]["lr"]}
+                   "lr/weights": self.epoch_lr, **self.regularisers}
         summary["val/loss"], summary["val/acc"] = self.evaluate(**self.controller.eval_forward_kwargs())
-        if self.cfg.controller == "reinforce":
-            summary["reinforce/argmax_acc"] = summary["val/acc"]
-            summary["reinforce/argmin_acc"] = self.evaluate(path=self.controller.least_likely_path())[1]
-            best = self.controller.best_recent()
-            if best is not None:  # None until the first policy update
-                summary["reinforce/best_recent_reward"] = best[1]
+        summary.update(self.controller.epoch_scalars(self.evaluate, summary))
         search.monitor.stage_scalars(self.stage + 1, summary, p.global_step)
-        log.info("stage %d epoch %d/%d  train loss %.4f acc %.2f  val loss %.4f acc %.2f  lr %.5f  skip-p %.3f",
+        extra = "".join(f"  {key} {value:.3f}" for key, value in self.regularisers.items())
+        log.info("stage %d epoch %d/%d  train loss %.4f acc %.2f  val loss %.4f acc %.2f  lr %.5f%s",
                  self.stage + 1, epoch + 1, phase_epochs, summary["train/loss"], summary["train/acc"],
-                 summary["val/loss"], summary["val/acc"], summary["lr/weights"], summary["skip_dropout"])
+                 summary["val/loss"], summary["val/acc"], summary["lr/weights"], extra)
         return summary
 
     def run(self) -> dict[str, float]:
         """Train the stage from the progress position to its end; returns the last epoch's summary."""
         p, st = self.search.progress, self.cfg.stages
         epochs, warmup = st.epochs[self.stage], st.warmup_epochs[self.stage]
-        policy_epochs = epochs - warmup if self.separate else 0
-        while p.epoch < epochs + policy_epochs:
+        total = epochs + self.controller.extra_epochs(epochs, warmup)
+        while p.epoch < total:
+            self.controller.on_epoch(p.epoch, total)
             if p.epoch < epochs:
-                self.skip_p = skip_dropout_rate(st.skip_dropout[self.stage], p.epoch, epochs, warmup)
-                self.model.set_skip_dropout(self.skip_p)
+                self.regularisers = self.search.space.regularise(self.model, st.skip_dropout[self.stage], p.epoch,
+                                                                 epochs, warmup)
                 self._train_epoch(p.epoch)
                 self.epoch_lr = self.scheduler.get_last_lr()[0]  # the rate this epoch trained with
                 self.scheduler.step()
             else:
                 self._policy_epoch()
-            p.summary = self._epoch_summary(p.epoch, epochs + policy_epochs)
+            p.summary = self._epoch_summary(p.epoch, total)
             p.epoch, p.step = p.epoch + 1, 0
             p.sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
             self.search.checkpoint(self)
@@ -311,8 +241,7 @@ class Search:
         self.val_batches_per_epoch = len(self.val_loader)  # a policy epoch; the loader's len shrinks on resume
         self.val_eval_loader = DataLoader(torch.utils.data.Subset(data.dataset, list(self.val_loader.sampler.indices)),
                                           batch_size=cfg.data.batch_size * 2)
-        self.space = build_space(cfg, data)
-        self.data = data
+        self.space = space_class(cfg.space).from_config(cfg.space_sections, data)
         self.only_stage = only_stage
         self.stage_state: dict[str, Any] | None = None
         self.progress = Progress(kept_ops=self.space.initial_kept_ops())
@@ -340,7 +269,7 @@ class Search:
 
     def checkpoint(self, runner: StageRunner | None) -> None:
         p = self.progress
-        state = {"config": to_dict(self.cfg), "progress": vars(p).copy(), "only_stage": self.only_stage,
+        state = {"config": self.cfg.to_tree(), "progress": vars(p).copy(), "only_stage": self.only_stage,
                  "stage": runner.state() if runner is not None else None}
         state["progress"]["elapsed"] = p.elapsed + (time.time() - self._started)
         save_checkpoint(self.run_dir, state, "search")
@@ -353,66 +282,50 @@ class Search:
                 f"--set optim.lr={self.cfg.optim.lr / 4:g}")
 
     def log_arch_metrics(self, stage: int, metrics: dict[str, float]) -> None:
-        """Controller scalars: `entropy` under arch/, everything a REINFORCE update reports under reinforce/."""
-        for key, value in metrics.items():
-            prefix = "arch/" if key == "entropy" else "reinforce/"
-            self.monitor.stage_scalars(stage + 1, {key: value}, self.progress.global_step, prefix=prefix)
+        """A controller's scalars, keyed by tag suffix (stage{s}/<key>)."""
+        self.monitor.stage_scalars(stage + 1, metrics, self.progress.global_step)
 
     # ----- the stage loop -----
     def _finish_stage(self, runner: StageRunner, summary: dict[str, float]) -> None:
-        p, stage = self.progress, runner.stage
-        probs = runner.controller.probs()
-        genotype = runner.controller.architecture(self.space, p.kept_ops)
+        p, stage, space, controller = self.progress, runner.stage, self.space, runner.controller
+        probs = controller.probs()
+        arch = controller.architecture(space, p.kept_ops)
         last = stage == self.cfg.num_stages - 1
-        kept_after = drop_weakest(probs, p.kept_ops, self.cfg.stages.keep[stage], drop_none_first=last)
+        kept_after = space.prune(probs, p.kept_ops, self.cfg.stages.keep[stage], drop_none_first=last)
         entry: dict[str, Any] = {
             "stage": stage + 1, "layers": self.cfg.stages.layers[stage], "epochs": self.cfg.stages.epochs[stage],
             "kept_ops": p.kept_ops, "kept_after": kept_after,
             "probabilities": {g: [[round(v, 6) for v in row] for row in t.tolist()] for g, t in probs.items()},
-            "genotype": genotype.to_dict(), "genotype_str": str(genotype),
-            "params_M": round(self.space.params_millions(genotype), 4),
+            "genotype": space.arch_to_record(arch), "genotype_str": space.format_arch(arch),
+            "params_M": round(space.params_millions(arch), 4),
             "val_acc": summary.get("val/acc"), "train_acc": summary.get("train/acc"),
         }
         if last:  # P-DARTS reports the final genotype for every skip limit, for the researcher to choose
-            by_skip = {m: runner.controller.architecture(self.space, p.kept_ops, m)
-                       for m in self.space.max_skip_choices()}
-            entry["genotypes_by_max_skip"] = {str(m): None if g is None else str(g) for m, g in by_skip.items()}
-        if self.cfg.controller == "reinforce":
-            best = runner.controller.best_recent()
-            entry["best_recent"] = None if best is None else {
-                "ops": self._path_ops(best[0], p.kept_ops), "reward": best[1],
-                "genotype": str(runner.controller.path_architecture(self.space, p.kept_ops, best[0]))}
-            entry["argmax_acc"] = summary.get("reinforce/argmax_acc")
-            entry["argmin_acc"] = summary.get("reinforce/argmin_acc")
-            self.monitor.text("stage{s}/reinforce/best_recent_arch", str(entry["best_recent"]), p.global_step,
-                              s=stage + 1)
+            by_skip = {m: controller.architecture(space, p.kept_ops, m) for m in space.max_skip_choices()}
+            entry["genotypes_by_max_skip"] = {str(m): None if a is None else space.format_arch(a)
+                                              for m, a in by_skip.items()}
+        entry.update(controller.stage_entries(space, p.kept_ops, summary))
+        for key, text in controller.stage_texts(entry).items():
+            self.monitor.text(f"stage{{s}}/{key}", text, p.global_step, s=stage + 1)
         p.stages.append(entry)
-        self.monitor.text("stage{s}/genotype", str(genotype), p.global_step, s=stage + 1)
-        self._draw_stage(stage, genotype)
-        log.info("stage %d done: %s (%.3fM params at eval scale)", stage + 1, genotype, entry["params_M"])
+        self.monitor.text("stage{s}/genotype", entry["genotype_str"], p.global_step, s=stage + 1)
+        self._draw_stage(stage, arch)
+        log.info("stage %d done: %s (%.3fM params at eval scale)", stage + 1, entry["genotype_str"], entry["params_M"])
         p.kept_ops, p.stage, p.epoch, p.step, p.summary = kept_after, stage + 1, 0, 0, {}
         elapsed = p.elapsed + (time.time() - self._started)
         stage_file = self.run_dir / "stages" / f"stage{stage + 1}.json"
         stage_file.parent.mkdir(exist_ok=True)
-        write_record(stage_file, {"genotype": genotype.to_dict(), "space": self.space.name,
+        write_record(stage_file, {"genotype": entry["genotype"], "space": space.name,
                                   "kept_after": kept_after, "stages": p.stages, "global_step": p.global_step,
                                   "elapsed": elapsed})
         self.checkpoint(None)
 
-    @staticmethod
-    def _path_ops(path: dict[str, torch.Tensor], kept_ops: KeptOps) -> dict[str, list[str]]:
-        return {g: [kept_ops[g][e][i] if i >= 0 else None for e, i in enumerate(idx.tolist())]
-                for g, idx in path.items()}
-
-    def _draw_stage(self, stage: int, genotype) -> None:
+    def _draw_stage(self, stage: int, arch: Any) -> None:
         if not self.cfg.run.draw:
             return
-        from nas.visualize import cell_image_array, plot_genotype
-
-        plot_genotype(genotype, self.run_dir / "stages" / f"stage{stage + 1}", fmt="png")
-        for cell in ("normal", "reduce"):
-            self.monitor.image("stage{s}/cell/{cell}", cell_image_array(genotype, cell), self.progress.global_step,
-                               s=stage + 1, cell=cell)
+        images = self.space.draw(arch, self.run_dir / "stages" / f"stage{stage + 1}")
+        for cell, image in images.items():
+            self.monitor.image("stage{s}/cell/{cell}", image, self.progress.global_step, s=stage + 1, cell=cell)
 
     def run(self) -> dict[str, Any] | None:
         """Run the remaining stages; returns the final record (None after a single non-final --stage)."""
@@ -431,14 +344,14 @@ class Search:
     def _final_record(self) -> dict[str, Any]:
         p = self.progress
         final = p.stages[-1]
-        genotype = genotype_from_dict(final["genotype"])
         record = make_record(
-            genotype, space=self.space.name, source=f"search {self.run_dir.name}",
-            search={"config": to_dict(self.cfg), "seed": self.cfg.run.seed, "controller": self.cfg.controller,
+            final["genotype"], space=self.space.name, source=f"search {self.run_dir.name}",
+            search={"config": self.cfg.to_tree(), "seed": self.cfg.run.seed, "controller": self.cfg.controller,
                     "dataset": self.cfg.data.dataset, "stages": p.stages, "final_kept_ops": p.kept_ops,
-                    "genotypes_by_max_skip": final["genotypes_by_max_skip"],
+                    "genotypes_by_max_skip": final.get("genotypes_by_max_skip", {}),
                     "wall_time_s": round(p.elapsed + (time.time() - self._started), 1)},
             metrics={"params_M": final["params_M"]})
+        record["genotype_str"] = final["genotype_str"]
         write_record(self.run_dir / "genotype.json", record)
         write_report(self.run_dir)
         return record

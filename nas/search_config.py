@@ -1,39 +1,28 @@
-"""The search config: one dataclass per YAML section, validated as a whole before any work starts."""
+"""The search config: the engine's sections plus the sections of the chosen space and controller.
+
+`space:` and `controller:` name plugins from the registries; each plugin declares the YAML sections it reads
+(`config_sections`), and those are built and validated through it. The whole config is checked before any
+work starts.
+"""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
-from controllers.gradient import GradientConfig
-from controllers.reinforce import ReinforceConfig
-from controllers.reward import RewardConfig
-from nas.config import RunConfigBase, SGDConfig
+from controllers.registry import CONTROLLERS, controller_class
+from nas.config import RunConfigBase, SGDConfig, build_dataclass
 from nas.data import DataConfig
 from nas.errors import UserError
-from search_spaces.ops import DARTS_OPS, canonical_op_name
-
-CONTROLLERS = ("gradient", "reinforce")
-SPACES = ("darts",)
-
-
-@dataclass
-class ModelConfig:
-    """The `model:` section: the searched space and the scale of the supernet."""
-
-    space: str = "darts"
-    C: int = 16
-    steps: int = 4
-    multiplier: int = 4
-    stem_multiplier: int = 3
-    normal_ops: list[str] = field(default_factory=lambda: list(DARTS_OPS))
-    reduce_ops: list[str] = field(default_factory=lambda: list(DARTS_OPS))
-    max_skip: int = 2
-    eval_C: int = 36
-    eval_layers: int = 20
+from search_spaces.registry import SPACES, space_class
 
 
 @dataclass
 class StagesConfig:
-    """The `stages:` section: one entry per progressive stage (P-DARTS defaults)."""
+    """The `stages:` section: one entry per progressive stage (P-DARTS defaults).
+
+    `skip_dropout` is each stage's regularisation rate, which the space applies (DARTS: dropout after skips).
+    """
 
     layers: list[int] = field(default_factory=lambda: [5, 11, 17])
     epochs: list[int] = field(default_factory=lambda: [25, 25, 25])
@@ -58,57 +47,75 @@ class RunConfig(RunConfigBase):
 
 @dataclass
 class SearchConfig:
-    """A whole search: which controller learns the architecture and every section's settings."""
+    """A whole search: which space and controller, the engine's sections and the plugins' sections."""
 
     controller: str = "gradient"
+    space: str = "darts"
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
     stages: StagesConfig = field(default_factory=StagesConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    gradient: GradientConfig = field(default_factory=GradientConfig)
-    reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    space_sections: dict[str, Any] = field(default_factory=dict, init=False)
+    controller_sections: dict[str, Any] = field(default_factory=dict, init=False)
+
+    @classmethod
+    def from_tree(cls, tree: dict[str, Any]) -> SearchConfig:
+        """Build from a YAML mapping: the plugins named in it build their own sections."""
+        tree = dict(tree)
+        names = {key: tree.get(key, getattr(cls, key)) for key in ("space", "controller")}
+        for key, value in names.items():
+            if not isinstance(value, str):
+                raise UserError(f"config error: {key} must be a name, got {value!r}")
+        space_cls, controller_cls = space_class(names["space"]), controller_class(names["controller"])
+        own = {"space": space_cls.config_sections, "controller": controller_cls.config_sections}
+        engine = {f.name for f in dataclasses.fields(cls) if f.init}
+        for key in tree:
+            if key in engine or key in own["space"] or key in own["controller"]:
+                continue
+            owner = _owner(key)
+            if owner is not None:
+                raise UserError(f"config error: section {key!r} belongs to the {owner[0]} {owner[1]!r}, but this "
+                                f"search uses {owner[0]} {names[owner[0]]!r}; drop the section or change "
+                                f"{owner[0]}:")
+            valid = sorted(engine | set(own["space"]) | set(own["controller"]))
+            raise UserError(f"config error: unknown key {key!r}; valid keys: {', '.join(valid)}")
+        sections = {kind: {name: _section(section_cls, tree.pop(name, None), name)
+                           for name, section_cls in declared.items()} for kind, declared in own.items()}
+        cfg = build_dataclass(cls, tree)
+        cfg.space_sections, cfg.controller_sections = sections["space"], sections["controller"]
+        return cfg
+
+    def to_tree(self) -> dict[str, Any]:
+        """Plain data that from_tree reads back (config.yaml, checkpoints, records)."""
+        tree = {f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v := getattr(self, f.name)) else v
+                for f in dataclasses.fields(self) if f.init}
+        for sections in (self.space_sections, self.controller_sections):
+            tree.update({name: dataclasses.asdict(section) for name, section in sections.items()})
+        return tree
+
+    def __getattr__(self, name: str) -> Any:
+        """A plugin section by its YAML name (cfg.model, cfg.reinforce, ...)."""
+        for sections in (self.__dict__.get("space_sections", {}), self.__dict__.get("controller_sections", {})):
+            if name in sections:
+                return sections[name]
+        raise AttributeError(name)
 
     @property
     def num_stages(self) -> int:
         return len(self.stages.layers)
 
     def validate(self) -> None:
-        if self.controller not in CONTROLLERS:
-            raise UserError(f"controller must be one of {', '.join(CONTROLLERS)}, got {self.controller!r}")
-        if self.model.space not in SPACES:
-            raise UserError(f"model.space must be one of {', '.join(SPACES)}, got {self.model.space!r}")
+        space_cls, controller_cls = space_class(self.space), controller_class(self.controller)
         self.data.validate()
-        self._validate_model()
-        self._validate_stages()
+        space_cls.validate_config(self.space_sections)
+        self._validate_stages(space_cls.ops_per_edge(self.space_sections))
         self.optim.validate_sgd("optim")
         self.run.validate_device()
         if self.run.checkpoint_every < 0 or self.run.log_every <= 0:
             raise UserError("run.checkpoint_every must be >= 0 and run.log_every positive")
-        if self.controller == "gradient":
-            self.gradient.validate()
-        else:
-            self.reinforce.validate(self.num_stages)
-            self.reward.validate(self.num_stages)
+        controller_cls.validate_config(self.controller_sections, self.num_stages)
 
-    def _validate_model(self) -> None:
-        m = self.model
-        for name in ("normal_ops", "reduce_ops"):
-            ops = getattr(m, name)
-            try:
-                canonical = [canonical_op_name(op) for op in ops]
-            except ValueError as err:
-                raise UserError(f"model.{name}: {err}") from None
-            if len(set(canonical)) != len(canonical) or len(canonical) < 2:
-                raise UserError(f"model.{name} must list at least 2 distinct ops, got {ops}")
-            setattr(m, name, canonical)
-        if m.C <= 0 or m.C % 2:
-            raise UserError(f"model.C must be a positive even number (FactorizedReduce halves it), got {m.C}")
-        if m.steps <= 0 or not 0 < m.multiplier <= m.steps or m.max_skip < 0:
-            raise UserError("model.steps must be positive, 0 < model.multiplier <= model.steps, model.max_skip >= 0")
-
-    def _validate_stages(self) -> None:
+    def _validate_stages(self, ops_per_edge: int) -> None:
         s = self.stages
         lists = {"layers": s.layers, "epochs": s.epochs, "warmup_epochs": s.warmup_epochs, "keep": s.keep,
                  "skip_dropout": s.skip_dropout}
@@ -119,18 +126,35 @@ class SearchConfig:
                                 f"give one per stage")
         if n == 0:
             raise UserError("stages.layers is empty; give at least one stage")
-        if any(v < 3 for v in s.layers):
-            raise UserError(f"stages.layers must be >= 3 (two reduction cells plus one normal), got {s.layers}")
+        fewest = space_class(self.space).min_layers
+        if any(v < fewest for v in s.layers):
+            raise UserError(f"stages.layers must be >= {fewest} for the {self.space} space, got {s.layers}")
         if any(v <= 0 for v in s.epochs):
             raise UserError(f"stages.epochs must be positive, got {s.epochs}")
         if any(not 0 <= w <= e for w, e in zip(s.warmup_epochs, s.epochs)):
             raise UserError(f"stages.warmup_epochs must be between 0 and the stage's epochs, got {s.warmup_epochs}")
         if any(not 0.0 <= p < 1.0 for p in s.skip_dropout):
             raise UserError(f"stages.skip_dropout rates must be in [0, 1), got {s.skip_dropout}")
-        fewest = min(len(self.model.normal_ops), len(self.model.reduce_ops))
-        previous = fewest
+        previous = ops_per_edge
         for stage, keep in enumerate(s.keep, start=1):
             if not 1 <= keep < previous:
                 raise UserError(f"stages.keep[{stage - 1}]={keep}: stage {stage} searches {previous} ops per "
                                 f"edge, so it must keep between 1 and {previous - 1}")
             previous = keep
+
+
+def _section(cls: type, value: Any, name: str) -> Any:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise UserError(f"config error: {name} must be a mapping of keys, got {value!r}")
+    return build_dataclass(cls, value, name)
+
+
+def _owner(section: str) -> tuple[str, str] | None:
+    """(kind, plugin name) of the registered plugin that declares `section`, if any."""
+    for kind, registry in (("space", SPACES), ("controller", CONTROLLERS)):
+        for name, plugin in registry.items():
+            if section in plugin.config_sections:
+                return kind, name
+    return None

@@ -1,33 +1,138 @@
-"""The interface a cell search space offers the search engine (nas/search.py)."""
+"""The interface a search space offers the search engine (nas/search.py); spaces are found by name in
+search_spaces/registry.py. See EXTENDING.md for a worked example.
+"""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
-from nas.arch_types import KeptOps
+from nas.arch_types import NONE_OP, CellLayout, KeptOps, OpIndices
+from nas.errors import UserError
+
+
+class DataShape(Protocol):
+    """What a space needs to know of the dataset to size its networks."""
+
+    in_channels: int
+    size: int
+    num_classes: int
 
 
 class SearchSpace(ABC):
-    """Builds supernets for a set of kept ops, and turns op probabilities into a final architecture."""
+    """Builds supernets over kept ops, prunes and derives architectures, costs, draws and records them."""
 
-    name: str
+    name: ClassVar[str]
+    config_sections: ClassVar[dict[str, type]] = {}  # YAML section -> its dataclass (each may have validate())
+    tags: ClassVar[dict[str, str]] = {}  # scalar tags (stage{s}/...) that `regularise` returns, with meanings
+    min_layers: ClassVar[int] = 1  # the fewest cells a supernet can have
 
+    # ----- construction -----
+    @classmethod
+    def validate_config(cls, sections: dict[str, Any]) -> None:
+        """Raise UserError for the first bad value of this space's sections (default: each section's validate())."""
+        for section in sections.values():
+            validate = getattr(section, "validate", None)
+            if validate is not None:
+                validate()
+
+    @classmethod
+    @abstractmethod
+    def ops_per_edge(cls, sections: dict[str, Any]) -> int:
+        """How many candidate ops the first stage searches on the edge with the fewest (bounds stages.keep)."""
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, sections: dict[str, Any], data: DataShape) -> SearchSpace:
+        """The space for a validated config and a dataset; UserError when the data cannot fit it."""
+
+    # ----- supernets and the search -----
     @abstractmethod
     def initial_kept_ops(self) -> KeptOps:
         """Every candidate op on every edge of every group."""
 
     @abstractmethod
     def build_supernet(self, kept_ops: KeptOps, layers: int) -> nn.Module:
-        """A supernet whose forward(x, weights=None, path=None) runs the mixture or one path."""
+        """A supernet whose forward(x, weights=None, path=None) runs the mixture or one path (-1: edge off)."""
+
+    def regularise(self, model: nn.Module, rate: float, epoch: int, epochs: int, warmup: int) -> dict[str, float]:
+        """Set the supernet's regularisers for a training epoch from the stage's rate; return them as scalars
+        named in `tags` (default: none)."""
+        return {}
+
+    def prune(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps, n_keep: int, drop_none_first: bool) -> KeptOps:
+        """Per edge keep the n_keep most probable ops in their original order (P-DARTS op dropping)."""
+        if n_keep < 1:
+            raise UserError(f"n_keep must be at least 1, got {n_keep}")
+        result: KeptOps = {}
+        for group, edges in kept_ops.items():
+            table = probs[group].detach().double().cpu().tolist()
+            result[group] = []
+            for e, names in enumerate(edges):
+                candidates = [k for k, name in enumerate(names) if not (drop_none_first and name == NONE_OP)]
+                if n_keep > len(candidates):
+                    raise UserError(f"cannot keep {n_keep} ops on {group} edge {e}: it has {len(candidates)} "
+                                    f"candidates")
+                keep = sorted(sorted(candidates, key=lambda k: -table[e][k])[:n_keep])
+                result[group].append([names[k] for k in keep])
+        return result
 
     @abstractmethod
     def derive(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps, max_skip: int | None = None) -> Any:
-        """The final architecture (a Genotype for cell spaces) from op probabilities; `max_skip` replaces the
-        space's own limit on skip_connects in the normal cell where it has one."""
+        """The final architecture from op probabilities; `max_skip` replaces the space's own limit on
+        skip_connects where it has one."""
 
+    def max_skip_choices(self) -> list[int]:
+        """The skip limits a final architecture is also reported for (none by default)."""
+        return []
+
+    def cell_layout(self, kept_ops: KeptOps) -> dict[str, CellLayout] | None:
+        """The decisions of a genotype per cell type, for controllers that sample genotypes (None: not a cell
+        space whose nodes choose two inputs)."""
+        return None
+
+    @abstractmethod
+    def path_architecture(self, path: OpIndices, kept_ops: KeptOps) -> Any:
+        """The architecture a single path runs."""
+
+    @abstractmethod
+    def architecture_path(self, arch: Any, kept_ops: KeptOps) -> OpIndices:
+        """The path that runs exactly an architecture's edges and ops (the inverse of path_architecture)."""
+
+    # ----- cost -----
     @abstractmethod
     def params_millions(self, arch: Any) -> float:
         """Parameters (millions) of the eval-scale network of an architecture, without building it."""
+
+    @abstractmethod
+    def flops_millions(self, arch: Any) -> float:
+        """Multiply-adds (millions) of the eval-scale network on one image of the dataset's size."""
+
+    @classmethod
+    def eval_network(cls, arch: Any, data: DataShape, **settings: Any) -> nn.Module:
+        """The network that trains an architecture from scratch (the eval trainer's); UserError where the data
+        cannot fit it."""
+        raise UserError(f"the {cls.name} space has no eval network")
+
+    # ----- records and drawings -----
+    def format_arch(self, arch: Any) -> str:
+        """The one-line form of an architecture (a genotype string, an architecture string)."""
+        return str(arch)
+
+    @abstractmethod
+    def arch_to_record(self, arch: Any) -> Any:
+        """The architecture as plain JSON data for a record."""
+
+    @abstractmethod
+    def arch_from_record(self, data: Any) -> Any:
+        """The architecture back from its record form."""
+
+    def draw(self, arch: Any, out_prefix: Path) -> dict[str, np.ndarray]:
+        """Write drawings of the architecture next to `out_prefix`; return RGB images (HWC uint8) per cell for
+        TensorBoard (default: no drawing)."""
+        return {}
+

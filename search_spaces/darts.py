@@ -6,17 +6,30 @@ inputs (c_{k-2}, c_{k-1}, node 0), and so on; input index j >= 2 is intermediate
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple, Sequence
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.arch_types import NONE_OP, SKIP_OP, CellLayout
+from nas.arch_types import NONE_OP, SKIP_OP, CellLayout, OpIndices
 from nas.errors import UserError
-from nas.genotype import Genotype
-from search_spaces.base import KeptOps, SearchSpace
-from search_spaces.ops import FactorizedReduce, Identity, PreActivated, ReLUConvBN, build_op, canonical_op_name, is_pool
+from nas.genotype import Genotype, genotype_from_dict
+from search_spaces.base import DataShape, KeptOps, SearchSpace
+from search_spaces.ops import (
+    DARTS_OPS,
+    FactorizedReduce,
+    Identity,
+    PreActivated,
+    ReLUConvBN,
+    build_op,
+    canonical_op_name,
+    is_pool,
+)
 
 NONE = NONE_OP
 SKIP = SKIP_OP
@@ -27,7 +40,6 @@ GROUPS: tuple[str, ...] = ("normal", "reduce")
 _NONE, _PRE, _SKIP, _PLAIN = range(4)
 
 Weights = dict[str, torch.Tensor]  # group -> [E, K] mixture weights
-Path = dict[str, torch.Tensor]  # group -> LongTensor[E], index into each edge's kept ops
 NodeSpec = list[list[tuple[str, int]]]  # per node, the (op, input index) pairs it sums
 
 
@@ -245,7 +257,7 @@ class SearchNetwork(nn.Module):
             raise UserError(f"skip dropout must be in [0, 1), got {p}")
         self.skip_dropout = float(p)
 
-    def forward(self, x: torch.Tensor, weights: Weights | None = None, path: Path | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: Weights | None = None, path: OpIndices | None = None) -> torch.Tensor:
         """Logits of the weighted mixture (`weights`) or of the single path (`path`: per edge the index of the op
         to run, -1 for an edge that is off); give exactly one."""
         if (weights is None) == (path is None):
@@ -270,7 +282,7 @@ class SearchNetwork(nn.Module):
                             f"got {tuple(w.shape)}")
         return w
 
-    def _path_list(self, path: Path, group: str) -> list[int]:
+    def _path_list(self, path: OpIndices, group: str) -> list[int]:
         choice = path[group].tolist()
         if len(choice) != self.n_edges or not all(OFF <= k < self.n_ops[group] for k in choice):
             raise UserError(f"path[{group!r}] must hold {self.n_edges} op indices in [0, {self.n_ops[group]}) "
@@ -557,43 +569,119 @@ def derive_genotype(scores: dict[str, torch.Tensor], kept_ops: KeptOps, steps: i
                     reduce=[(name, j) for name, j, _ in reduce], reduce_concat=list(concat))
 
 
-def drop_weakest(probs: dict[str, torch.Tensor], kept_ops: KeptOps, n_keep: int, drop_none_first: bool) -> KeptOps:
-    """Per edge keep the n_keep most probable ops in their original order (P-DARTS op dropping)."""
-    if n_keep < 1:
-        raise UserError(f"n_keep must be at least 1, got {n_keep}")
-    result: KeptOps = {}
-    for group, edges in kept_ops.items():
-        table = probs[group].detach().double().cpu().tolist()
-        result[group] = []
-        for e, names in enumerate(edges):
-            candidates = [k for k, name in enumerate(names) if not (drop_none_first and name == NONE)]
-            if n_keep > len(candidates):
-                raise UserError(f"cannot keep {n_keep} ops on {group} edge {e}: it has {len(candidates)} candidates")
-            keep = sorted(sorted(candidates, key=lambda k: -table[e][k])[:n_keep])
-            result[group].append([names[k] for k in keep])
-    return result
-
-
 # ----------------------------------------------------------------------------------------------
 # The space
 # ----------------------------------------------------------------------------------------------
+
+MIN_IMAGE_SIZE = 4  # two stride-2 reduction cells
+SKIP_DROPOUT_DECAY = 0.2  # P-DARTS: rate * exp(-0.2 * epochs since the warm-up ended)
+
+
+def check_image_size(size: int, dataset: str) -> None:
+    """The networks of this space halve the map twice; refuse images smaller than MIN_IMAGE_SIZE."""
+    if size < MIN_IMAGE_SIZE:
+        raise UserError(f"{dataset} images are {size}x{size}: too small for the two reduction cells, which need at "
+                        f"least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}; use a dataset with larger images")
+
+
+def skip_dropout_rate(rate: float, epoch: int, epochs: int, warmup: int) -> float:
+    """P-DARTS schedule: linear decay during the warm-up, exponential decay afterwards."""
+    if epoch < warmup:
+        return rate * (epochs - epoch - 1) / epochs
+    return rate * math.exp(-(epoch - warmup) * SKIP_DROPOUT_DECAY)
+
+
+@dataclass
+class DartsModelConfig:
+    """The `model:` section of a DARTS search: the supernet's scale, the candidate ops, the eval scale."""
+
+    C: int = 16
+    steps: int = 4
+    multiplier: int = 4
+    stem_multiplier: int = 3
+    normal_ops: list[str] = field(default_factory=lambda: list(DARTS_OPS))
+    reduce_ops: list[str] = field(default_factory=lambda: list(DARTS_OPS))
+    max_skip: int = 2
+    eval_C: int = 36
+    eval_layers: int = 20
+
+    def validate(self) -> None:
+        for name in ("normal_ops", "reduce_ops"):
+            ops = getattr(self, name)
+            try:
+                canonical = [canonical_op_name(op) for op in ops]
+            except ValueError as err:
+                raise UserError(f"model.{name}: {err}") from None
+            if len(set(canonical)) != len(canonical) or len(canonical) < 2:
+                raise UserError(f"model.{name} must list at least 2 distinct ops, got {ops}")
+            setattr(self, name, canonical)
+        if self.C <= 0 or self.C % 2:
+            raise UserError(f"model.C must be a positive even number (FactorizedReduce halves it), got {self.C}")
+        if self.steps <= 0 or not 0 < self.multiplier <= self.steps or self.max_skip < 0:
+            raise UserError("model.steps must be positive, 0 < model.multiplier <= model.steps, model.max_skip >= 0")
+
 
 class DartsSpace(SearchSpace):
     """The DARTS cell space with per-group candidate ops (normal and reduce sets may differ)."""
 
     name = "darts"
+    config_sections = {"model": DartsModelConfig}
+    tags = {"stage{s}/skip_dropout": "P-DARTS dropout rate on identity skip connections"}
+    min_layers = 3  # two reduction cells plus one normal cell
 
     def __init__(self, C: int, num_classes: int, in_channels: int, normal_ops: list[str], reduce_ops: list[str],
                  steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3, max_skip: int | None = 2,
-                 eval_C: int = 36, eval_layers: int = 20):
+                 eval_C: int = 36, eval_layers: int = 20, image_size: int = 32):
         _check_positive(C=C, num_classes=num_classes, in_channels=in_channels, steps=steps, multiplier=multiplier,
                         stem_multiplier=stem_multiplier, eval_C=eval_C, eval_layers=eval_layers)
         if max_skip is not None and max_skip < 0:
             raise UserError(f"max_skip must be >= 0 or None (no restriction), got {max_skip}")
         self.C, self.num_classes, self.in_channels = C, num_classes, in_channels
         self.steps, self.multiplier, self.stem_multiplier = steps, multiplier, stem_multiplier
-        self.max_skip, self.eval_C, self.eval_layers = max_skip, eval_C, eval_layers
+        self.max_skip, self.eval_C, self.eval_layers, self.image_size = max_skip, eval_C, eval_layers, image_size
         self.candidates = {"normal": self._ops("normal_ops", normal_ops), "reduce": self._ops("reduce_ops", reduce_ops)}
+
+    eval_networks = NETWORKS
+
+    @classmethod
+    def eval_network(cls, arch: Genotype, data: DataShape, C: int = 36, layers: int = 20, auxiliary: bool = True,
+                     network: str = "cifar") -> NetworkEval:
+        check_image_size(data.size, "the dataset's")
+        return NetworkEval(arch, C, data.num_classes, layers, data.in_channels, auxiliary, network)
+
+    @classmethod
+    def eval_cost(cls, arch: Genotype, data: DataShape, C: int, layers: int, network: str = "cifar"
+                  ) -> tuple[int, float]:
+        """Exact parameters (auxiliary head excluded) and FLOPs (M multiply-adds, thop) of the eval network. The
+        CIFAR network's FLOPs come from the per-op table (search_spaces/darts_cost.py, equal to thop on the built
+        network and much faster); the table does not know the ImageNet stems, so that network is profiled."""
+        from nas.metrics import flops_millions
+        from search_spaces.darts_cost import eval_flops_millions
+
+        params = eval_param_count(arch, C, layers, data.num_classes, data.in_channels, network)
+        if network == "cifar":
+            return params, eval_flops_millions(arch, C, layers, data.num_classes, data.in_channels, data.size)
+        net = NetworkEval(arch, C, data.num_classes, layers, data.in_channels, False, network)
+        return params, flops_millions(net, (1, data.in_channels, data.size, data.size))
+
+    @classmethod
+    def ops_per_edge(cls, sections: dict[str, Any]) -> int:
+        model = sections["model"]
+        return min(len(model.normal_ops), len(model.reduce_ops))
+
+    @classmethod
+    def from_config(cls, sections: dict[str, Any], data: DataShape) -> DartsSpace:
+        check_image_size(data.size, "the dataset's")
+        m = sections["model"]
+        return cls(C=m.C, num_classes=data.num_classes, in_channels=data.in_channels, normal_ops=m.normal_ops,
+                   reduce_ops=m.reduce_ops, steps=m.steps, multiplier=m.multiplier, stem_multiplier=m.stem_multiplier,
+                   max_skip=m.max_skip, eval_C=m.eval_C, eval_layers=m.eval_layers, image_size=data.size)
+
+    def regularise(self, model: nn.Module, rate: float, epoch: int, epochs: int, warmup: int) -> dict[str, float]:
+        """P-DARTS dropout after identity skips, decayed within the stage."""
+        p = skip_dropout_rate(rate, epoch, epochs, warmup)
+        model.set_skip_dropout(p)
+        return {"skip_dropout": p}
 
     @staticmethod
     def _ops(key: str, names: list[str]) -> list[str]:
@@ -658,3 +746,21 @@ class DartsSpace(SearchSpace):
 
     def params_millions(self, arch: Genotype) -> float:
         return eval_param_count(arch, self.eval_C, self.eval_layers, self.num_classes, self.in_channels) / 1e6
+
+    def flops_millions(self, arch: Genotype) -> float:
+        from search_spaces.darts_cost import eval_flops_millions  # the cost tables build this module's networks
+
+        return eval_flops_millions(arch, self.eval_C, self.eval_layers, self.num_classes, self.in_channels,
+                                   self.image_size)
+
+    def arch_to_record(self, arch: Genotype) -> dict[str, Any]:
+        return arch.to_dict()
+
+    def arch_from_record(self, data: Any) -> Genotype:
+        return genotype_from_dict(data)
+
+    def draw(self, arch: Genotype, out_prefix: Path) -> dict[str, np.ndarray]:
+        from nas.visualize import cell_image_array, plot_genotype  # graphviz, only where drawings are wanted
+
+        plot_genotype(arch, out_prefix, fmt="png")
+        return {cell: cell_image_array(arch, cell) for cell in GROUPS}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from nas.arch_cost import eval_flops_millions, space_flops_millions
+from search_spaces.darts_cost import eval_flops_millions
 from nas.genotype import load_genotype, shipped_genotype_names
 from nas.metrics import flops_millions
 from search_spaces.darts import DartsSpace, NetworkEval
@@ -31,8 +31,8 @@ def test_darts_v2_matches_the_published_measurement_and_space_scale() -> None:
     genotype = load_genotype("DARTS_V2")
     assert eval_flops_millions(genotype) == pytest.approx(549.8, rel=1e-3)  # thop 0.1.1, C=36, 20 cells, 32x32
     space = DartsSpace(C=4, num_classes=10, in_channels=1, normal_ops=list(DARTS_OPS), reduce_ops=list(DARTS_OPS),
-                       eval_C=8, eval_layers=5)
-    assert space_flops_millions(space, genotype, 8) == eval_flops_millions(genotype, 8, 5, 10, 1, 8)
+                       eval_C=8, eval_layers=5, image_size=8)
+    assert space.flops_millions(genotype) == eval_flops_millions(genotype, 8, 5, 10, 1, 8)
 
 
 def test_costing_an_architecture_leaves_the_global_rng_alone() -> None:

@@ -16,7 +16,6 @@ from search_spaces.darts import (
     NetworkEval,
     SearchNetwork,
     derive_genotype,
-    drop_weakest,
     edges_per_cell,
     eval_param_count,
 )
@@ -297,6 +296,9 @@ def test_derive_from_sampled_path_scores() -> None:
     edges = [0, 1], [2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12, 13]
     chosen = [kept["normal"][edges[i][j]][path[edges[i][j]]] for i in range(4) for j in range(2)]
     assert [name for name, _ in genotype.normal] == chosen  # ties keep the lower input index
+
+
+drop_weakest = DartsSpace(4, 10, 1, list(DARTS_OPS), list(DARTS_OPS)).prune  # P-DARTS op dropping
 
 
 def test_drop_weakest_schedule() -> None:

@@ -20,6 +20,7 @@ from controllers.reinforce import ReinforceConfig, ReinforceController
 from controllers.reward import RewardConfig, make_reward_fn
 from controllers.sampling import make_behaviour
 from nas.arch_types import CellLayout
+from nas.batchnorm import batch_stat_eval
 from search_spaces.darts import DartsSpace, eval_param_count
 from search_spaces.ops import DARTS_OPS
 
@@ -186,14 +187,14 @@ def test_the_accuracy_scored_is_that_of_the_genotype_alone() -> None:
     scored = []
     x, y = torch.randn(32, 1, 8, 8), torch.randint(10, (32,))
     ctx = ArchStepContext(model=model, criterion=nn.functional.cross_entropy, train_batch=(x, y), val_batch=(x, y),
-                          w_optimizer=torch.optim.SGD(model.parameters(), lr=0.1), lr=0.1, stage=0, step=0,
-                          reward_fn=lambda path, acc: scored.append((path, acc)) or (acc, 1.0, 1.0))
+                          w_optimizer=torch.optim.SGD(model.parameters(), lr=0.1), lr=0.1, stage=0, step=0)
+    controller.reward_fn = lambda path, acc: scored.append((path, acc)) or (acc, 1.0, 1.0)
     controller.arch_step(ctx)
     paths = []
     for path, acc in scored:
         alone = space.architecture_path(space.path_architecture(path, kept), kept)
         assert all(torch.equal(alone[g], path[g]) for g in path)
-        with torch.no_grad():
+        with batch_stat_eval(model), torch.no_grad():  # as arch_step scores: BatchNorm on the batch's statistics
             assert (model(x, path=alone).argmax(1) == y).float().mean().item() == acc
         paths.append(alone)
     with torch.no_grad():

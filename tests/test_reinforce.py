@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from controllers.base import ArchStepContext, Path
+from controllers.base import ArchStepContext
 from controllers.reinforce import (
     ReinforceConfig,
     ReinforceController,
@@ -19,6 +19,7 @@ from controllers.reinforce import (
     reinforce_gradient,
 )
 from controllers.sampling import edge_log_probs, make_behaviour
+from nas.arch_types import OpIndices as Path
 from nas.errors import UserError
 
 # pi on edge 0 = [1/4, 1/2, 1/4], on edge 1 = [3/5, 1/5, 1/5]
@@ -205,13 +206,15 @@ def test_arch_step_scores_samples_on_the_validation_batch() -> None:
     model = _PathNet()
     x, y = torch.randn(64, 2), torch.zeros(64, dtype=torch.long)
     ctx = ArchStepContext(model=model, criterion=nn.functional.cross_entropy, train_batch=(x, y), val_batch=(x, y),
-                          w_optimizer=torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), lr=0.1, stage=1, step=0,
-                          reward_fn=lambda path, acc: (0.5 * acc, 2.0 + acc, 30.0 + acc))
-    metrics = controller.arch_step(ctx)
+                          w_optimizer=torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), lr=0.1, stage=1, step=0)
+    controller.reward_fn = lambda path, acc: (0.5 * acc, 2.0 + acc, 30.0 + acc)
+    tagged = controller.arch_step(ctx)
     assert controller.update_interval == 5 and len(model.calls) == 3
     assert not any(grad for _, grad in model.calls)
-    assert set(metrics) == {"reward_mean", "reward_max", "baseline", "entropy", "iw_mean", "iw_max", "params_mean",
-                            "flops_mean", "acc_mean"}
+    assert set(tagged) == {"arch/entropy"} | {f"reinforce/{key}" for key in (
+        "reward_mean", "reward_max", "baseline", "iw_mean", "iw_max", "params_mean", "flops_mean", "acc_mean")}
+    assert all(f"stage{{s}}/{key}" in {**ReinforceController.tags, "stage{s}/arch/entropy": ""} for key in tagged)
+    metrics = {key.split("/")[1]: value for key, value in tagged.items()}
     assert 0.0 <= metrics["acc_mean"] <= 1.0
     assert metrics["reward_mean"] == pytest.approx(0.5 * metrics["acc_mean"])
     assert metrics["params_mean"] == pytest.approx(2.0 + metrics["acc_mean"])

@@ -8,8 +8,8 @@ import torch
 
 from controllers.reinforce import ReinforceConfig, ReinforceController
 from controllers.reward import RewardConfig, make_reward_fn, param_penalty_reward
+from nas.arch_types import KeptOps
 from nas.errors import UserError
-from search_spaces.base import KeptOps, SearchSpace
 
 
 def test_formula_on_known_numbers() -> None:
@@ -23,19 +23,15 @@ def test_alpha_zero_gives_the_accuracy(params_m: float) -> None:
     assert param_penalty_reward(0.73, params_m, 6.4, 0.0) == 0.73
 
 
-class _FakeSpace(SearchSpace):
-    """derive: per group the op chosen on every edge and that op's score; params: 1 + 0.5 per op index."""
-
-    name = "fake"
+class _FakeSpace:
+    """The two space methods the reward uses (duck-typed, as controllers see spaces): derive takes per group the op
+    chosen on every edge and records the scores it got; params: 1 + 0.5 per op index."""
 
     def __init__(self) -> None:
         self.scores: list[dict[str, torch.Tensor]] = []
 
     def initial_kept_ops(self) -> KeptOps:
         return {"normal": [["a", "b", "c"]] * 2}
-
-    def build_supernet(self, kept_ops: KeptOps, layers: int) -> Any:
-        raise NotImplementedError
 
     def derive(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps, max_skip: int | None = None) -> Any:
         self.scores.append(probs)

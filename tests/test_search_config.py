@@ -27,7 +27,11 @@ PAPER = str(ROOT / "experiments" / "pdarts_cifar10.yaml")
     (["model.C=7"], "model.C must be a positive even number"),
     (["model.colour=3"], "unknown key 'model.colour'"),
     (["optimiser.lr=1"], "unknown key 'optimiser'"),
-    (["controller=evolution"], "controller must be one of gradient, reinforce"),
+    (["controller=evolution"], "unknown controller 'evolution'; known controllers: gradient, reinforce"),
+    (["space=mobilenet"], "unknown space 'mobilenet'; known spaces: darts"),
+    (["reinforce.lr=0.1"], "section 'reinforce' belongs to the controller 'reinforce', but this search uses "
+                           "controller 'gradient'"),
+    (["modle.C=4"], "unknown key 'modle'; valid keys: controller, data, gradient, model, optim, run, space, stages"),
     (["data.dataset=svhn"], "unknown dataset 'svhn'"),
     (["data.train_portion=1.5"], "data.train_portion must be in (0, 1)"),
     (["gradient.order=3"], "gradient.order must be 1 or 2"),

@@ -18,7 +18,6 @@ from nas.genotype import Genotype
 from nas.metrics import flops_millions
 from search_spaces.darts import (
     GROUPS,
-    DartsSpace,
     _check_spec,
     _edge_stride,
     _genotype_specs,
@@ -86,7 +85,3 @@ def eval_flops_millions(genotype: Genotype, C: int = 36, layers: int = 20, num_c
         size_pp, size_p = size_p, size_out
     return total + classifier_flops(_out_channels(dims[-1], specs), num_classes)
 
-
-def space_flops_millions(space: DartsSpace, genotype: Genotype, size: int) -> float:
-    """MACs (millions) of the eval-scale network (space.eval_C, space.eval_layers) of `genotype` at `size`."""
-    return eval_flops_millions(genotype, space.eval_C, space.eval_layers, space.num_classes, space.in_channels, size)

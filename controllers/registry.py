@@ -1,0 +1,17 @@
+"""Every architecture controller by name: adding a controller is its module plus one line here."""
+from __future__ import annotations
+
+from controllers.base import Controller
+from controllers.gradient import GradientController
+from controllers.reinforce import ReinforceController
+from nas.registry import lookup
+
+CONTROLLERS: dict[str, type[Controller]] = {
+    GradientController.name: GradientController,
+    ReinforceController.name: ReinforceController,
+}
+
+
+def controller_class(name: str) -> type[Controller]:
+    """The controller registered as `name`; UserError listing the known controllers otherwise."""
+    return lookup(CONTROLLERS, "controller", name)

@@ -1,0 +1,15 @@
+"""Every search space by name: adding a space is its module plus one line here."""
+from __future__ import annotations
+
+from nas.registry import lookup
+from search_spaces.base import SearchSpace
+from search_spaces.darts import DartsSpace
+
+SPACES: dict[str, type[SearchSpace]] = {
+    DartsSpace.name: DartsSpace,
+}
+
+
+def space_class(name: str) -> type[SearchSpace]:
+    """The space registered as `name`; UserError listing the known spaces otherwise."""
+    return lookup(SPACES, "space", name)
