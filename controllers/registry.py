@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from controllers.base import Controller
+from controllers.gdas import GdasController
 from controllers.gradient import GradientController
 from controllers.reinforce import ReinforceController
 from nas.registry import lookup
@@ -9,6 +10,7 @@ from nas.registry import lookup
 CONTROLLERS: dict[str, type[Controller]] = {
     GradientController.name: GradientController,
     ReinforceController.name: ReinforceController,
+    GdasController.name: GdasController,
 }
 
 

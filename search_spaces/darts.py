@@ -178,8 +178,10 @@ class _SearchCell(_Cell):
             states.append(self.node_zeros(states[1]) if acc is None else acc)
         return torch.cat(states[-self.multiplier:], dim=1)
 
-    def forward_path(self, s0: torch.Tensor, s1: torch.Tensor, path: list[int], skip_p: float) -> torch.Tensor:
-        """Every node sums the chosen op of each of its edges; `none` and off (-1) edges cost nothing."""
+    def forward_path(self, s0: torch.Tensor, s1: torch.Tensor, path: list[int], skip_p: float,
+                     scale: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Every node sums the chosen op of each of its edges, times scale[e] if given; `none` and off (-1) edges
+        cost nothing."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for node in self.nodes:
             acc = None
@@ -190,6 +192,7 @@ class _SearchCell(_Cell):
                 if kind == _NONE:
                     continue
                 y = self._skip_dropout(op(states[j]), skip_p) if kind == _SKIP else op(states[j])
+                y = y if scale is None else y * scale[e]
                 acc = y if acc is None else acc + y
             states.append(self.node_zeros(states[1]) if acc is None else acc)
         return torch.cat(states[-self.multiplier:], dim=1)
@@ -257,11 +260,15 @@ class SearchNetwork(nn.Module):
             raise UserError(f"skip dropout must be in [0, 1), got {p}")
         self.skip_dropout = float(p)
 
-    def forward(self, x: torch.Tensor, weights: Weights | None = None, path: OpIndices | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: Weights | None = None, path: OpIndices | None = None,
+                path_scale: Weights | None = None) -> torch.Tensor:
         """Logits of the weighted mixture (`weights`) or of the single path (`path`: per edge the index of the op
-        to run, -1 for an edge that is off); give exactly one."""
+        to run, -1 for an edge that is off); give exactly one. `path_scale[group]` ([E], with `path` only)
+        multiplies each edge's op output: a differentiable weight of the op that runs (GDAS)."""
         if (weights is None) == (path is None):
             raise UserError("SearchNetwork.forward needs exactly one of weights= (mixture) or path= (single path)")
+        if path_scale is not None and (path is None or any(path_scale[g].shape != (self.n_edges,) for g in GROUPS)):
+            raise UserError(f"path_scale= goes with path= and holds one value per edge ({self.n_edges}) per group")
         if self.channels_last or (self.channels_last is None and x.device.type == "cpu"):
             x = x.contiguous(memory_format=torch.channels_last)
         s0 = s1 = self.stem(x)
@@ -271,8 +278,9 @@ class SearchNetwork(nn.Module):
                 s0, s1 = s1, cell.forward_mixture(s0, s1, rows[group], self.skip_dropout)
         else:
             choice = {group: self._path_list(path, group) for group in GROUPS}
+            scales = {group: None if path_scale is None else path_scale[group].unbind(0) for group in GROUPS}
             for cell, group in zip(self.cells, self._groups):
-                s0, s1 = s1, cell.forward_path(s0, s1, choice[group], self.skip_dropout)
+                s0, s1 = s1, cell.forward_path(s0, s1, choice[group], self.skip_dropout, scales[group])
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(s1, 1), 1))
 
     def _checked(self, weights: Weights, group: str) -> torch.Tensor:
