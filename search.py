@@ -18,7 +18,7 @@ from nas.errors import UserError, exit_on_user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="P-DARTS style progressive search (gradient or REINFORCE).")
+    parser = argparse.ArgumentParser(description="P-DARTS style progressive search (any registered space and controller).")
     parser.add_argument("-c", "--config", help="YAML config (see experiments/); required unless --resume")
     parser.add_argument("--run-dir", help="where the run writes (default: runs/<config>-<time>)")
     parser.add_argument("--stage", type=int, help="run only stage N (1-based), from stage N-1's saved state")
@@ -82,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         done = search.progress.stage  # finished stages; a resumed --stage run knows its stage from the checkpoint
         print(f"stage {done} done; run --stage {done + 1} --run-dir {run_dir} to go on")
     else:
-        from nas.genotype import genotype_from_dict
-
-        print(f"genotype: {genotype_from_dict(record['genotype'])}")
+        print(f"genotype: {record['genotype_str']}")
         print(f"params at eval scale: {record['metrics']['params_M']:.3f}M")
         print(f"run directory: {run_dir}  (record: {run_dir / 'genotype.json'}, "
               f"TensorBoard: tensorboard --logdir {run_dir / 'tb'})")

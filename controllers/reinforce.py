@@ -194,6 +194,8 @@ TAGS = {
     "flops_mean": "mean eval-scale FLOPs (M multiply-adds, thop) of the sampled architectures at the dataset's "
                   "image size",
     "best_recent_reward": "max reward among the last N samples, end of epoch",
+    "best_recent_acc": "validation top-1 (%) of that max-reward sample on the whole architecture half, end of "
+                       "epoch; against argmax_acc it tells whether the policy's mode is its best find",
     "argmax_acc": "validation top-1 (%) of the most probable architecture, end of epoch",
     "argmin_acc": "validation top-1 (%) of the least probable architecture, end of epoch; close to argmax_acc "
                   "means the supernet does not tell architectures apart",
@@ -239,9 +241,13 @@ class ReinforceController(Controller):
 
     @classmethod
     def from_config(cls, ctx: StageContext) -> ReinforceController:
-        """The stage's controller, rewarding samples with this stage's size penalty on the space's costs."""
+        """The stage's controller, rewarding samples with this stage's size penalty on the space's costs; UserError
+        when it should sample genotypes of a space without a cell layout."""
         cfg = ctx.sections["reinforce"]
         layouts = ctx.space.cell_layout(ctx.kept_ops) if cfg.sample == "genotype" else None
+        if cfg.sample == "genotype" and layouts is None:
+            raise UserError(f"reinforce.sample=genotype samples two inputs per cell node, which the {ctx.space.name} "
+                            f"space does not choose (its cells run every edge); set reinforce.sample: edges")
         controller = cls(cls.shapes(ctx.kept_ops), cfg, ctx.stage, generator=ctx.generator, layouts=layouts)
         controller.reward_fn = make_reward_fn(functools.partial(controller.path_architecture, ctx.space, ctx.kept_ops),
                                               ctx.space.params_millions, ctx.sections["reward"], ctx.stage,
@@ -382,6 +388,7 @@ class ReinforceController(Controller):
         best = self.best_recent()
         if best is not None:  # None until the first policy update
             scalars["reinforce/best_recent_reward"] = best[1]
+            scalars["reinforce/best_recent_acc"] = evaluate(path=best[0])[1]
         return scalars
 
     def stage_entries(self, space: Any, kept_ops: KeptOps, summary: dict[str, float]) -> dict[str, Any]:
@@ -392,7 +399,8 @@ class ReinforceController(Controller):
                     for g, idx in best[0].items()},
             "reward": best[1], "genotype": space.format_arch(self.path_architecture(space, kept_ops, best[0]))}
         return {"best_recent": recent, "argmax_acc": summary.get("reinforce/argmax_acc"),
-                "argmin_acc": summary.get("reinforce/argmin_acc")}
+                "argmin_acc": summary.get("reinforce/argmin_acc"),
+                "best_recent_acc": summary.get("reinforce/best_recent_acc")}
 
     def stage_texts(self, entries: dict[str, Any]) -> dict[str, str]:
         return {"reinforce/best_recent_arch": str(entries["best_recent"])}

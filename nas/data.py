@@ -2,6 +2,11 @@
 
 Small grey-scale sets (digits, mnist, fashion_mnist) are held in memory as normalised tensors;
 CIFAR and image folders go through torchvision with per-image transforms.
+
+The search augments both halves of its split per batch (`BatchAugment`: random crop, and a horizontal
+flip for natural images, as the DARTS and P-DARTS searches do) in the main process from the global torch
+RNG, so a checkpointed RNG resumes it exactly whatever `num_workers` is; the dataset itself stays
+unaugmented for evaluations.
 """
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -18,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from nas.errors import UserError
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar10_jpeg", "cifar100", "imagefolder")
 
 MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "digits": ((0.3053,), (0.3760,)),  # sklearn digits scaled to [0, 1]
@@ -28,6 +33,7 @@ MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet
 }
+MEAN_STD["cifar10_jpeg"] = MEAN_STD["cifar10"]  # the same images after one JPEG pass
 
 _HOW_TO_GET = {
     "mnist": "set data.download=true to fetch it with torchvision, or point data.root at a folder holding "
@@ -35,9 +41,27 @@ _HOW_TO_GET = {
     "fashion_mnist": "set data.download=true to fetch it with torchvision",
     "cifar10": "set data.download=true to fetch it with torchvision, or point data.root at the folder holding "
     "cifar-10-batches-py",
+    "cifar10_jpeg": "build its batches once with `python ../shared/data/cifar10_jpeg/make_batches.py "
+    "../shared/data/cifar10_jpeg/cifar10_jpeg_q75.npz ~/.cache/pdarts-nas/cifar10/cifar-10-batches-py` and point "
+    "data.root at ~/.cache/pdarts-nas/cifar10",
     "cifar100": "set data.download=true to fetch it with torchvision, or point data.root at the folder holding "
     "cifar-100-python",
     "imagefolder": "point data.root at a folder with train/ and val/ subfolders of class folders",
+}
+
+FLIPPED = ("cifar10", "cifar10_jpeg", "cifar100", "imagefolder")  # natural images; digits and clothes never mirror
+
+# cifar10_jpeg is the whole CIFAR-10 after one JPEG pass (../shared/data/cifar10_jpeg): the batches its
+# make_batches.py writes are the same bytes every time (that folder's BATCHES.SHA256), so torchvision checks
+# these md5s of them where it checks the official files' for cifar10.
+CIFAR10_JPEG_MD5: dict[str, str] = {
+    "data_batch_1": "fac1c35179c5a40fbf38121790e8411b",
+    "data_batch_2": "6a72a7b6e06c1b1a863c8ce817422e91",
+    "data_batch_3": "eb14e4db02fe08bd6fbd9dfd18eb3183",
+    "data_batch_4": "b68588ed0f527db356b5ed88de59f92e",
+    "data_batch_5": "04b268d3d0f9af928f31e079aa0b3fff",
+    "test_batch": "1a3be0e6e12030cdd5ae0cf4a6ab06c3",
+    "batches.meta": "da61d5246d030a1cd73eb9ed999fa3d1",
 }
 
 
@@ -51,6 +75,8 @@ class DataConfig:
     batch_size: int = 64
     download: bool = False
     num_workers: int = 0
+    augment: bool = True  # random crop (+ flip on natural images) of both search halves
+    limit: int = 0  # search on the first `limit` training images only (0: all of them)
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -61,6 +87,10 @@ class DataConfig:
             raise UserError(f"data.batch_size must be positive, got {self.batch_size}")
         if self.num_workers < 0:
             raise UserError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.limit < 0:
+            raise UserError(f"data.limit must be >= 0 (0: every image), got {self.limit}")
+        if self.download and self.dataset == "cifar10_jpeg":
+            raise UserError(f"cifar10_jpeg cannot be downloaded; {_HOW_TO_GET['cifar10_jpeg']}")
 
 
 @dataclass(frozen=True)
@@ -159,12 +189,24 @@ def _cifar(name: str, root: Path, train: bool, download: bool, augment: bool, cu
     steps += [transforms.ToTensor(), transforms.Normalize(*MEAN_STD[name])]
     if augment and cutout > 0:
         steps.append(Cutout(cutout))
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    cls = {"cifar10": datasets.CIFAR10, "cifar10_jpeg": _cifar10_jpeg_class(), "cifar100": datasets.CIFAR100}[name]
     try:
         ds = cls(str(root), train=train, download=download, transform=transforms.Compose(steps))
     except RuntimeError as err:
         raise UserError(f"{name} not found under {root} ({err}); {_HOW_TO_GET[name]}") from None
     return ImageData(ds, 3, 32, len(ds.classes))
+
+
+def _cifar10_jpeg_class() -> type:
+    """torchvision's CIFAR10 over the JPEG-pass batches, checking their md5s instead of the official files'."""
+    from torchvision import datasets
+
+    class CIFAR10JPEG(datasets.CIFAR10):
+        train_list = [[name, CIFAR10_JPEG_MD5[name]] for name, _ in datasets.CIFAR10.train_list]
+        test_list = [[name, CIFAR10_JPEG_MD5[name]] for name, _ in datasets.CIFAR10.test_list]
+        meta = {**datasets.CIFAR10.meta, "md5": CIFAR10_JPEG_MD5[datasets.CIFAR10.meta["filename"]]}
+
+    return CIFAR10JPEG
 
 
 def _imagefolder(root: Path, train: bool, augment: bool) -> ImageData:
@@ -193,7 +235,7 @@ def load_dataset(name: str, root: str | os.PathLike = "data", train: bool = True
         raise UserError(f"dataset path {root} does not exist; {_HOW_TO_GET[name]}")
     if name in ("digits", "mnist", "fashion_mnist"):
         return _grey(name, root, train, download)
-    if name in ("cifar10", "cifar100"):
+    if name in ("cifar10", "cifar10_jpeg", "cifar100"):
         return _cifar(name, root, train, download, augment, cutout)
     return _imagefolder(root, train, augment)
 
@@ -224,6 +266,45 @@ class EpochSampler(Sampler[int]):
         return max(len(self.indices) - self.skip * self.batch_size, 0)
 
 
+class BatchAugment:
+    """Random crop of every image of a normalised batch from its `pad`-pixel black border, and a horizontal
+    flip of each with probability 1/2 when `flip`; offsets and flips come from the global torch RNG."""
+
+    def __init__(self, dataset: str, pad: int, flip: bool):
+        mean, std = (torch.tensor(v) for v in MEAN_STD[dataset])
+        self.black = (-mean / std).view(1, -1, 1, 1)  # a black pixel, normalised: the padding value
+        self.pad, self.flip = pad, flip
+
+    @classmethod
+    def for_search(cls, dataset: str, size: int) -> BatchAugment:
+        """Padding size/8 rounded half up (4 at 32x32 and 28x28, 1 at 8x8, 28 at 224x224); flips on natural images."""
+        return cls(dataset, max(1, (size + 4) // 8), dataset in FLIPPED)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        p = self.pad
+        padded = self.black.to(x.dtype).expand(n, c, h + 2 * p, w + 2 * p).clone()
+        padded[:, :, p:p + h, p:p + w] = x
+        dy, dx = torch.randint(0, 2 * p + 1, (2, n))
+        windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # [n, c, 2p+1, 2p+1, h, w], a view
+        out = windows[torch.arange(n), :, dy, dx]
+        if self.flip:
+            out = torch.where((torch.rand(n) < 0.5).view(n, 1, 1, 1), out.flip(-1), out)
+        return out
+
+
+class AugmentedLoader(DataLoader):
+    """A DataLoader whose batches of (images, labels) pass through `augment` in the main process."""
+
+    def __init__(self, *args: Any, augment: BatchAugment, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.augment = augment
+
+    def __iter__(self) -> Iterator[list[torch.Tensor]]:
+        for x, y in super().__iter__():
+            yield [self.augment(x), y]
+
+
 def search_split(n: int, train_portion: float) -> tuple[list[int], list[int]]:
     """The first `train_portion` of the training set trains weights; the rest validates architectures."""
     cut = int(np.floor(train_portion * n))
@@ -232,22 +313,30 @@ def search_split(n: int, train_portion: float) -> tuple[list[int], list[int]]:
     return list(range(cut)), list(range(cut, n))
 
 
-def make_loader(dataset: Dataset, sampler: Sampler[int], batch_size: int, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over `sampler` that keeps partial last batches of at least 2 images (BatchNorm needs 2).
+def make_loader(dataset: Dataset, sampler: Sampler[int], batch_size: int, num_workers: int = 0,
+                augment: BatchAugment | None = None) -> DataLoader:
+    """A DataLoader over `sampler` that keeps partial last batches of at least 2 images (BatchNorm needs 2),
+    augmenting each batch with `augment` when given.
 
     It has its own generator, so starting an epoch never draws from the global RNG (resumes stay exact).
     """
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      drop_last=len(sampler) % batch_size == 1, pin_memory=torch.cuda.is_available(),
-                      generator=torch.Generator())
+    kwargs: dict[str, Any] = {"batch_size": batch_size, "sampler": sampler, "num_workers": num_workers,
+                              "drop_last": len(sampler) % batch_size == 1, "pin_memory": torch.cuda.is_available(),
+                              "generator": torch.Generator()}
+    return DataLoader(dataset, **kwargs) if augment is None else AugmentedLoader(dataset, augment=augment, **kwargs)
 
 
 def search_loaders(cfg: DataConfig, seed: int) -> tuple[ImageData, DataLoader, DataLoader]:
-    """The training set and the loaders of its weight half and its architecture half."""
+    """The training set, unaugmented (for evaluations), and the loaders of its weight half and its architecture
+    half (of its first `cfg.limit` images when given), whose batches are augmented when `cfg.augment`."""
     data = load_dataset(cfg.dataset, cfg.root, train=True, download=cfg.download)
-    w_idx, a_idx = search_split(len(data.dataset), cfg.train_portion)
+    if cfg.limit > len(data.dataset):
+        raise UserError(f"data.limit={cfg.limit} exceeds the {len(data.dataset)} training images of {cfg.dataset}")
+    w_idx, a_idx = search_split(cfg.limit or len(data.dataset), cfg.train_portion)
+    augment = BatchAugment.for_search(cfg.dataset, data.size) if cfg.augment else None
     loaders = [
-        make_loader(data.dataset, EpochSampler(idx, seed + k, cfg.batch_size), cfg.batch_size, cfg.num_workers)
+        make_loader(data.dataset, EpochSampler(idx, seed + k, cfg.batch_size), cfg.batch_size, cfg.num_workers,
+                    augment)
         for k, idx in enumerate((w_idx, a_idx))
     ]
     return data, loaders[0], loaders[1]

@@ -59,3 +59,9 @@ def symmetrised_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tens
     log_p = F.log_softmax(p_logits, dim=-1)
     log_q = F.log_softmax(q_logits, dim=-1)
     return ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(dim=-1)
+
+
+def rank_of(scores: Sequence[float], index: int) -> int:
+    """1-based rank of scores[index] among `scores`, higher is better: 1 + how many score strictly more (ties share
+    the better rank)."""
+    return 1 + sum(score > scores[index] for score in scores)

@@ -28,9 +28,11 @@ ENGINE_TAGS: dict[str, str] = {
     "stage{s}/train/acc": "supernet training top-1 (%, running mean over the epoch)",
     "stage{s}/val/loss": "supernet validation loss on the architecture half, end of epoch",
     "stage{s}/val/acc": "supernet validation top-1 (%) on the architecture half, end of epoch (gradient: the "
-                        "mixture, REINFORCE: the argmax path)",
+                        "mixture, REINFORCE and GDAS: the most probable architecture)",
     "stage{s}/lr/weights": "learning rate of the weight optimizer (cosine per stage)",
     "stage{s}/lr/arch": "learning rate of the architecture optimizer",
+    "stage{s}/arch/entropy": "mean entropy of the per-edge op distributions (nats); ln(ops) is undecided, "
+                             "a fast fall to 0 is an early commitment",
 }
 ENGINE_TEXT_TAGS: dict[str, str] = {
     "stage{s}/genotype": "the architecture derived at the end of the stage",

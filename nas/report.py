@@ -3,9 +3,10 @@
 Reads the run's record (`genotype.json`, or the latest `stages/stageN.json` of an unfinished run) and its
 TensorBoard events (`tb/`), and writes into the run directory:
 
-- `report/probs_stageN.png`: heat maps of the op probabilities per edge at the end of stage N, normal and
-  reduce side by side (rows are the 14 edges; each square names its op, since kept ops differ per edge);
-- `report/argmax_stageN_CELL.png`: the most probable op of every edge over the logged steps, coloured by op,
+- `report/probs_stageN.png`: heat maps of the op probabilities per edge at the end of stage N, one per group of
+  edges side by side (DARTS: normal and reduce, 14 edges each; each square names its op, since kept ops differ per
+  edge);
+- `report/argmax_stageN_GROUP.png`: the most probable op of every edge over the logged steps, coloured by op,
   so one op taking every edge, or pools and skips taking over, shows as one colour spreading;
 - `report/rewards_stageN.png` (REINFORCE runs): reward mean, max and baseline over the steps;
 - `report.md`: the final genotype and its parameter count, a per-stage table, the figures and the stage
@@ -65,8 +66,11 @@ def _search_stages(run_dir: Path) -> tuple[list[Stage], dict[str, Any] | None]:
     return stages, record
 
 
-def _edge_label(e: int) -> str:
-    """`07: node 2 <- node 0`: an edge and the state it reads (edges are ordered node by node)."""
+def _edge_label(group: str, e: int) -> str:
+    """`07: node 2 <- node 0`: an edge of a DARTS cell type and the state it reads (edges are ordered node by node);
+    the edge's number in any other group."""
+    if group not in CELLS:
+        return edge_field(e)
     node, j = 0, e
     while j >= 2 + node:
         j, node = j - (2 + node), node + 1
@@ -79,11 +83,12 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def probability_figure(stage: Stage, path: Path) -> Path:
-    """Heat maps (edges x kept ops) of the stage's final op probabilities, normal and reduce side by side."""
-    n_ops = max(len(stage["kept_ops"][cell][0]) for cell in CELLS)
-    fig = Figure(figsize=(2 * (1.1 * n_ops + 2.2), 6.5), layout="constrained")
-    axes = fig.subplots(1, len(CELLS))
-    for ax, cell in zip(axes, CELLS):
+    """Heat maps (edges x kept ops) of the stage's final op probabilities, one per group side by side."""
+    groups = list(stage["kept_ops"])
+    n_ops = max(len(stage["kept_ops"][cell][0]) for cell in groups)
+    fig = Figure(figsize=(len(groups) * (1.1 * n_ops + 2.2), 6.5), layout="constrained")
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    for ax, cell in zip(axes, groups):
         probs, kept = np.array(stage["probabilities"][cell]), stage["kept_ops"][cell]
         shared = all(ops == kept[0] for ops in kept)  # stage 1: every edge searches the same ops
         image = ax.imshow(probs, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
@@ -93,8 +98,8 @@ def probability_figure(stage: Stage, path: Path) -> Path:
                         color="white" if p < 0.5 else "black")
         ax.set_xticks(range(probs.shape[1]), kept[0] if shared else [f"kept op {k}" for k in range(probs.shape[1])],
                       rotation=30, ha="right", fontsize=7)
-        ax.set_yticks(range(len(kept)), [_edge_label(e) for e in range(len(kept))], fontsize=7)
-        ax.set_title(f"{cell} cell", fontsize=9)
+        ax.set_yticks(range(len(kept)), [_edge_label(cell, e) for e in range(len(kept))], fontsize=7)
+        ax.set_title(f"{cell} edges", fontsize=9)
     fig.colorbar(image, ax=axes, label="softmax weight", shrink=0.8)
     fig.suptitle(f"stage {stage['stage']}: op probabilities per edge at the end of the stage")
     return _save(fig, path)
@@ -126,20 +131,24 @@ def argmax_figure(stage: Stage, cell: str, scalars: Scalars, path: Path) -> Path
         return None
     length = min(len(values) for _, values in series)
     steps = series[0][0][:length]
-    ops = [op for op in OPS if any(op in edge for edge in kept)]
+    present = {op for edge in kept for op in edge}
+    ops = [op for op in OPS if op in present] + sorted(present - set(OPS))  # a space's own op names last
+    extra = iter(matplotlib.colormaps["Set2"].colors)
+    colours = [OP_COLOURS[op] if op in OP_COLOURS else next(extra) for op in ops]
     codes = np.array([[ops.index(kept[e][int(round(v))]) for v in values[:length]]
                       for e, (_, values) in enumerate(series)])
     step_edges = np.append(steps, steps[-1] + (steps[-1] - steps[-2] if length > 1 else 1))
     fig = Figure(figsize=(9, 5.5), layout="constrained")
     ax = fig.subplots()
     ax.pcolormesh(step_edges, np.arange(len(kept) + 1) - 0.5, codes, shading="flat",
-                  cmap=ListedColormap([OP_COLOURS[op] for op in ops]),
+                  cmap=ListedColormap(colours),
                   norm=BoundaryNorm(np.arange(len(ops) + 1) - 0.5, len(ops)))
-    ax.set_yticks(range(len(kept)), [_edge_label(e) for e in range(len(kept))], fontsize=7)
+    ax.set_yticks(range(len(kept)), [_edge_label(cell, e) for e in range(len(kept))], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("weight step")
-    ax.set_title(f"stage {stage['stage']}, {cell} cell: most probable op of every edge", fontsize=10)
-    fig.legend(handles=[Patch(color=OP_COLOURS[op], label=op) for op in ops], loc="outside right center", fontsize=8)
+    ax.set_title(f"stage {stage['stage']}, {cell} edges: most probable op of every edge", fontsize=10)
+    fig.legend(handles=[Patch(color=colour, label=op) for op, colour in zip(ops, colours)], loc="outside right center",
+               fontsize=8)
     return _save(fig, path)
 
 
@@ -168,18 +177,19 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
 
 
 def _stage_table(stages: list[Stage]) -> list[str]:
-    columns = ["stage", "cells", "epochs", "ops per edge (normal/reduce)", "val acc (%)", "params (M)"]
+    columns = ["stage", "cells", "epochs", f"ops per edge ({'/'.join(stages[0]['kept_ops'])})", "val acc (%)",
+               "params (M)"]
     reinforce = any("argmin_acc" in s for s in stages)
     if reinforce:
-        columns += ["argmax acc (%)", "argmin acc (%)", "best recent reward"]
+        columns += ["argmax acc (%)", "argmin acc (%)", "best recent reward", "best recent acc (%)"]
     lines = [_row(columns), _row(["---"] * len(columns))]
     for s in stages:
         cells = [s["stage"], s.get("layers", "-"), s.get("epochs", "-"),
-                 "/".join(str(len(s["kept_ops"][cell][0])) for cell in CELLS), _fmt(s.get("val_acc")),
+                 "/".join(str(len(edges[0])) for edges in s["kept_ops"].values()), _fmt(s.get("val_acc")),
                  f"{s['params_M']:.3f}"]
         if reinforce:
             cells += [_fmt(s.get("argmax_acc")), _fmt(s.get("argmin_acc")),
-                      _fmt((s.get("best_recent") or {}).get("reward"), ".3f")]
+                      _fmt((s.get("best_recent") or {}).get("reward"), ".3f"), _fmt(s.get("best_recent_acc"))]
         lines.append(_row(cells))
     return lines
 
@@ -220,7 +230,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     for s in stages:
         n = s["stage"]
         made = [probability_figure(s, out / f"probs_stage{n}.png"),
-                *(argmax_figure(s, cell, scalars, out / f"argmax_stage{n}_{cell}.png") for cell in CELLS),
+                *(argmax_figure(s, cell, scalars, out / f"argmax_stage{n}_{cell}.png") for cell in s["kept_ops"]),
                 reward_figure(s, scalars, out / f"rewards_stage{n}.png")]
         figures[n] = [p for p in made if p is not None]
     params_m = stages[-1]["params_M"] if record is None else record.get("metrics", {}).get("params_M",

@@ -1,43 +1,53 @@
-"""NAS-Bench-201: its cell space, a supernet for it, its tabular results and black-box search on them.
+"""NAS-Bench-201's cell space: architecture strings, a supernet (mixture, single path, scaled single path), the
+benchmark's network and its exact costs.
 
 The cell has 4 nodes; node i sums one op of every earlier node, so there are 6 edges, in the order
 (1<-0), (2<-0), (2<-1), (3<-0), (3<-1), (3<-2), and node 3 is the output. The architecture string
 writes node by node, ``|op~j|`` per incoming edge: ``|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|...|``.
-A path is ``{"cell": LongTensor[6]}``: per edge, the index of its op among the ops kept on that edge.
+Every cell of a network shares one architecture, so kept ops, paths and probabilities have one group, "cell";
+a path is ``{"cell": LongTensor[6]}``: per edge, the index of its op among the ops kept on that edge.
 
 The network (the benchmark's): stem conv3x3 + BN, three stages of N cells at C, 2C, 4C channels with a
-residual reduction block between stages, BN + ReLU, global pool, linear.
+residual reduction block between stages, BN + ReLU, global pool, linear. The benchmark trains every cell at
+C=16, N=5; a search's supernet has `model.C` channels and `stages.layers[k]` cells per stage.
 
-Black-box search on the table (:func:`run_method`): every method spends a budget of unique queries
-(repeats are answered from a cache and do not count) and returns its best-so-far trace.
+The tabular benchmark and the black-box searches on it live in nas/nb201_table.py; it reaches the encoding
+below (architecture codes) through the registry, as attributes of :class:`NB201Space`.
 """
 from __future__ import annotations
 
-import csv
-import os
-from collections import deque
-from dataclasses import replace
-from functools import partial
-from typing import Callable, Sequence
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from controllers.base import Path
-from controllers.reinforce import ReinforceConfig, ReinforceController
-from controllers.sampling import BEHAVIOURS
+from nas.arch_types import NONE_OP, OpIndices
 from nas.errors import UserError
-from search_spaces.base import KeptOps, SearchSpace
-from search_spaces.ops import ReLUConvBN, build_op
+from search_spaces.base import DataShape, KeptOps, SearchSpace
+from search_spaces.ops import PreActivated, ReLUConvBN, build_op
 
 NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-EDGES: tuple[tuple[int, int], ...] = tuple((i, j) for i in range(1, 4) for j in range(i))  # (to, from)
+NODES = 4  # node 0 is the cell's input, node 3 its output
+EDGES: tuple[tuple[int, int], ...] = tuple((i, j) for i in range(1, NODES) for j in range(i))  # (to, from)
+INCOMING: tuple[tuple[tuple[int, int], ...], ...] = tuple(  # per node 1..3, its (edge, source node) pairs
+    tuple((e, j) for e, (i, j) in enumerate(EDGES) if i == node) for node in range(1, NODES))
+GROUP = "cell"  # the one group of kept ops, paths and probabilities
 NUM_ARCHS = len(NB201_OPS) ** len(EDGES)  # 15,625
+CHANNEL_STAGES = 3  # C, 2C, 4C channels, with a stride-2 residual block between consecutive stages
+EVAL_C, EVAL_N = 16, 5  # the benchmark's network: C=16 and 5 cells per stage
+MIN_IMAGE_SIZE = 4  # the two residual reductions halve the map twice
+OFF = -1  # a path entry for an edge that runs nothing
 _REGISTRY_NAME = {"nor_conv_1x1": "conv_1x1", "nor_conv_3x3": "conv_3x3"}  # both are ReLU-Conv-BN
+_KERNEL = {"nor_conv_1x1": 1, "nor_conv_3x3": 3}
 _EXAMPLE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
-_DIGITS = len(NB201_OPS) ** np.arange(len(EDGES))  # arch code = sum_e op_index_e * 5**e
 
+
+# ----------------------------------------------------------------------------------------------
+# Architecture strings, paths and codes
+# ----------------------------------------------------------------------------------------------
 
 def parse_arch(arch: str) -> tuple[str, ...]:
     """The 6 op names (edge order) of an architecture string; UserError when it is malformed."""
@@ -46,8 +56,8 @@ def parse_arch(arch: str) -> tuple[str, ...]:
                          f"with ops from {', '.join(NB201_OPS)}")
 
     nodes = str(arch).strip().split("+")
-    if len(nodes) != 3:
-        raise bad(f"{len(nodes)} nodes separated by '+', need 3")
+    if len(nodes) != NODES - 1:
+        raise bad(f"{len(nodes)} nodes separated by '+', need {NODES - 1}")
     ops: list[str] = []
     for node, text in enumerate(nodes, start=1):
         if len(text) < 2 or text[0] != "|" or text[-1] != "|":
@@ -65,314 +75,385 @@ def parse_arch(arch: str) -> tuple[str, ...]:
     return tuple(ops)
 
 
-def format_arch(ops: Sequence[str]) -> str:
+def ops_to_arch(ops: Sequence[str]) -> str:
     """The architecture string of 6 op names in edge order."""
     if len(ops) != len(EDGES) or any(op not in NB201_OPS for op in ops):
         raise UserError(f"a NAS-Bench-201 cell needs {len(EDGES)} ops from {', '.join(NB201_OPS)}, got {list(ops)}")
-    nodes = ["|" + "|".join(f"{ops[e]}~{j}" for e, (i, j) in enumerate(EDGES) if i == node) + "|" for node in (1, 2, 3)]
-    return "+".join(nodes)
+    return "+".join("|" + "|".join(f"{ops[e]}~{j}" for e, j in pairs) + "|" for pairs in INCOMING)
 
 
 def _edge_ops(kept_ops: KeptOps | None) -> list[list[str]]:
-    return [list(NB201_OPS)] * len(EDGES) if kept_ops is None else kept_ops["cell"]
+    return [list(NB201_OPS)] * len(EDGES) if kept_ops is None else _checked_kept(kept_ops)
 
 
-def arch_to_path(arch: str, kept_ops: KeptOps | None = None) -> Path:
+def arch_to_path(arch: str, kept_ops: KeptOps | None = None) -> OpIndices:
     """{"cell": LongTensor[6]}: the index of each edge's op among its kept ops (default: all 5 ops)."""
     per_edge = _edge_ops(kept_ops)
     ops = parse_arch(arch)
     if any(op not in kept for op, kept in zip(ops, per_edge)):
         raise UserError(f"architecture {arch!r} uses an op that is not kept on its edge")
-    return {"cell": torch.tensor([kept.index(op) for op, kept in zip(ops, per_edge)])}
+    return {GROUP: torch.tensor([kept.index(op) for op, kept in zip(ops, per_edge)])}
 
 
-def path_to_arch(path: Path, kept_ops: KeptOps | None = None) -> str:
+def path_to_arch(path: OpIndices, kept_ops: KeptOps | None = None) -> str:
     """The architecture string of a path (op indices into each edge's kept ops; default: all 5 ops)."""
-    return format_arch([kept[i] for kept, i in zip(_edge_ops(kept_ops), path["cell"].tolist())])
+    indices = path[GROUP].tolist()
+    if OFF in indices:
+        raise UserError(f"an NB201 cell runs every edge, but path {indices} turns an edge off")
+    return ops_to_arch([kept[i] for kept, i in zip(_edge_ops(kept_ops), indices)])
 
 
-def arch_code(ops: Sequence[str]) -> int:
-    """A unique integer in [0, 15625) for 6 op names: sum_e index(op_e) * 5**e."""
-    return int(np.dot([NB201_OPS.index(op) for op in ops], _DIGITS))
+def index_code(indices: Sequence[int]) -> int:
+    """A unique integer in [0, 15625) for the op indices (into NB201_OPS) of the 6 edges: sum_e i_e * 5**e."""
+    return sum(int(i) * len(NB201_OPS) ** e for e, i in enumerate(indices))
+
+
+def code_indices(code: int) -> list[int]:
+    """Inverse of :func:`index_code`."""
+    return [code // len(NB201_OPS) ** e % len(NB201_OPS) for e in range(len(EDGES))]
+
+
+def arch_code(arch: str) -> int:
+    """The code of an architecture string."""
+    return index_code([NB201_OPS.index(op) for op in parse_arch(arch)])
 
 
 def code_to_arch(code: int) -> str:
-    """Inverse of :func:`arch_code`, as an architecture string."""
-    return format_arch([NB201_OPS[code // 5 ** e % 5] for e in range(len(EDGES))])
+    """The architecture string of a code."""
+    return ops_to_arch([NB201_OPS[i] for i in code_indices(code)])
 
 
-class NB201Edge(nn.Module):
-    """The candidate ops of one edge; `none` is never computed (it contributes nothing)."""
+def _checked_kept(kept_ops: KeptOps) -> list[list[str]]:
+    """The ops kept on the cell's 6 edges; UserError unless every edge keeps the same number of distinct ops."""
+    if set(kept_ops) != {GROUP} or len(kept_ops[GROUP]) != len(EDGES):
+        raise UserError(f"NB201 kept ops are {{{GROUP!r}: [ops of each of the {len(EDGES)} edges]}}, got "
+                        f"{ {group: len(edges) for group, edges in kept_ops.items()} } edges per group")
+    edges = kept_ops[GROUP]
+    if len({len(ops) for ops in edges}) != 1 or not edges[0]:
+        raise UserError(f"every NB201 edge must keep the same non-zero number of ops, got {edges}")
+    for ops in edges:
+        if len(set(ops)) != len(ops) or any(op not in NB201_OPS for op in ops):
+            raise UserError(f"an NB201 edge keeps distinct ops from {', '.join(NB201_OPS)}, got {ops}")
+    return edges
 
-    def __init__(self, ops: Sequence[str], C: int, affine: bool):
-        super().__init__()
-        self.names = list(ops)
-        self.ops = nn.ModuleList(build_op(_REGISTRY_NAME.get(op, op), C, 1, affine) for op in ops)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor | None, index: int | None) -> torch.Tensor | None:
-        """sum_k weights[k] op_k(x), or op_index(x); None when the result is zero."""
-        if index is not None:
-            return None if self.names[index] == "none" else self.ops[index](x)
-        terms = [w * op(x) for w, op, name in zip(weights, self.ops, self.names) if name != "none"]
-        return sum(terms) if terms else None
-
+# ----------------------------------------------------------------------------------------------
+# Networks: the search supernet and the benchmark's network
+# ----------------------------------------------------------------------------------------------
 
 class NB201Cell(nn.Module):
-    """4 nodes, 6 edges; returns node 3."""
+    """4 nodes, 6 edges holding their kept ops; returns node 3. `none` is never computed."""
 
-    def __init__(self, kept_ops: list[list[str]], C: int, affine: bool):
+    def __init__(self, kept: list[list[str]], C: int, affine: bool):
         super().__init__()
-        self.edges = nn.ModuleList(NB201Edge(ops, C, affine) for ops in kept_ops)
+        self.edges = nn.ModuleList(
+            nn.ModuleList(build_op(_REGISTRY_NAME.get(op, op), C, 1, affine) for op in ops) for ops in kept)
+        # Plain views for the hot loops: per edge, the op of each kept index (None for `none`).
+        self._ops = [[None if name == NONE_OP else op for op, name in zip(edge, names)]
+                     for edge, names in zip(self.edges, kept)]
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor | None, indices: list[int] | None) -> torch.Tensor:
-        per_edge_weights = [None] * len(EDGES) if weights is None else weights
-        per_edge_index = [None] * len(EDGES) if indices is None else indices
+    def forward_mixture(self, x: torch.Tensor, w: list[Sequence[torch.Tensor]]) -> torch.Tensor:
+        """Every node sums w[e][k] * op_k(input) over its edges' kept ops; ReLU-first ops share one ReLU."""
         nodes = [x]
-        for node in (1, 2, 3):
-            terms = [self.edges[e](nodes[j], per_edge_weights[e], per_edge_index[e])
-                     for e, (i, j) in enumerate(EDGES) if i == node]
-            terms = [t for t in terms if t is not None]
-            nodes.append(sum(terms) if terms else torch.zeros_like(x))
+        for pairs in INCOMING:
+            acc = None
+            for e, j in pairs:
+                source, relu_source = nodes[j], None
+                for k, op in enumerate(self._ops[e]):
+                    if op is None:
+                        continue
+                    if isinstance(op, PreActivated):
+                        relu_source = F.relu(source) if relu_source is None else relu_source
+                        y = op.body(relu_source)
+                    else:
+                        y = op(source)
+                    acc = y * w[e][k] if acc is None else acc.addcmul_(y, w[e][k])
+            nodes.append(torch.zeros_like(x) if acc is None else acc)
+        return nodes[-1]
+
+    def forward_path(self, x: torch.Tensor, path: list[int], scale: Sequence[torch.Tensor] | None) -> torch.Tensor:
+        """Every node sums the chosen op of each of its edges, times scale[e] if given; `none` and off edges add
+        nothing."""
+        nodes = [x]
+        for pairs in INCOMING:
+            acc = None
+            for e, j in pairs:
+                op = None if path[e] == OFF else self._ops[e][path[e]]
+                if op is None:
+                    continue
+                y = op(nodes[j]) if scale is None else op(nodes[j]) * scale[e]
+                acc = y if acc is None else acc + y
+            nodes.append(torch.zeros_like(x) if acc is None else acc)
         return nodes[-1]
 
 
 class ResidualReduction(nn.Module):
-    """The benchmark's stride-2 residual block: ReLUConvBN 3x3 s2 -> ReLUConvBN 3x3, plus avgpool + 1x1 conv."""
+    """The benchmark's stride-2 residual block: ReLUConvBN 3x3 s2 -> ReLUConvBN 3x3, plus avgpool + 1x1 conv.
+
+    The shortcut's pool rounds up (ceil_mode), so odd sizes (MNIST's 7x7 after one reduction) match the conv branch;
+    on even sizes it is the benchmark's pool."""
 
     def __init__(self, C_in: int, C_out: int):
         super().__init__()
         self.conv_a = ReLUConvBN(C_in, C_out, 3, 2, 1)
         self.conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1)
-        self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(C_in, C_out, 1, bias=False))
+        self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2, ceil_mode=True), nn.Conv2d(C_in, C_out, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_b(self.conv_a(x)) + self.shortcut(x)
 
 
+def _stem(in_channels: int, C: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
+
+
+def _head(C_top: int) -> nn.Sequential:
+    return nn.Sequential(nn.BatchNorm2d(C_top), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def _top_channels(C: int) -> int:
+    return C * 2 ** (CHANNEL_STAGES - 1)
+
+
 class NB201Network(nn.Module):
     """Stem, 3 x N cells with residual reductions, classifier; every cell shares one architecture.
 
-    forward(x, weights=None, path=None): `weights={"cell": [6, K]}` mixes every kept op, `path={"cell":
-    LongTensor[6]}` runs one op per edge; neither is needed when every edge keeps a single op (an eval network).
+    forward(x, weights=None, path=None, path_scale=None): `weights={"cell": [6, K]}` mixes every kept op,
+    `path={"cell": LongTensor[6]}` runs one op per edge (-1: the edge is off), `path_scale={"cell": [6]}` (with
+    `path`) multiplies each edge's output by a differentiable weight of its op (GDAS); neither is needed when every
+    edge keeps a single op (the benchmark's network). On CPU the input goes channels_last, which every layer keeps
+    (a search step runs about 1.7x faster).
     """
 
     def __init__(self, kept_ops: KeptOps, C: int = 16, cells_per_stage: int = 1, num_classes: int = 10,
                  in_channels: int = 3, affine: bool = False):
         super().__init__()
-        self.kept_ops = kept_ops
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
+        kept = _checked_kept(kept_ops)
+        self.n_ops = len(kept[0])
+        self.stem = _stem(in_channels, C)
         blocks: list[nn.Module] = []
-        for stage in range(3):
+        for stage in range(CHANNEL_STAGES):
             width = C * 2 ** stage
             if stage:
                 blocks.append(ResidualReduction(width // 2, width))
-            blocks.extend(NB201Cell(kept_ops["cell"], width, affine) for _ in range(cells_per_stage))
+            blocks.extend(NB201Cell(kept, width, affine) for _ in range(cells_per_stage))
         self.blocks = nn.ModuleList(blocks)
-        self.head = nn.Sequential(nn.BatchNorm2d(4 * C), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.classifier = nn.Linear(4 * C, num_classes)
+        self._is_cell = [isinstance(block, NB201Cell) for block in blocks]
+        self.head = _head(_top_channels(C))
+        self.classifier = nn.Linear(_top_channels(C), num_classes)
 
-    def forward(self, x: torch.Tensor, weights: dict[str, torch.Tensor] | None = None,
-                path: Path | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: dict[str, torch.Tensor] | None = None, path: OpIndices | None = None,
+                path_scale: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         if weights is not None and path is not None:
-            raise ValueError("pass weights= (mixture) or path= (single path), not both")
-        cell_weights = None if weights is None else weights["cell"]
-        indices = None if path is None else path["cell"].tolist()
-        if weights is None and path is None:
-            if any(len(ops) != 1 for ops in self.kept_ops["cell"]):
-                raise ValueError("this supernet keeps several ops per edge: pass weights= or path=")
-            indices = [0] * len(EDGES)
+            raise UserError("pass weights= (mixture) or path= (single path), not both")
+        if path_scale is not None and (path is None or tuple(path_scale[GROUP].shape) != (len(EDGES),)):
+            raise UserError(f"path_scale= goes with path= and holds one value per edge ({len(EDGES)})")
+        if weights is None and path is None and self.n_ops != 1:
+            raise UserError("this supernet keeps several ops per edge: pass weights= or path=")
+        if x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        rows = None if weights is None else [row.unbind(0) for row in self._checked_weights(weights).unbind(0)]
+        choice = [0] * len(EDGES) if path is None else self._path_list(path)
+        scale = None if path_scale is None else path_scale[GROUP].unbind(0)
         x = self.stem(x)
-        for block in self.blocks:
-            x = block(x, cell_weights, indices) if isinstance(block, NB201Cell) else block(x)
+        for block, is_cell in zip(self.blocks, self._is_cell):
+            if not is_cell:
+                x = block(x)
+            elif rows is not None:
+                x = block.forward_mixture(x, rows)
+            else:
+                x = block.forward_path(x, choice, scale)
         return self.classifier(self.head(x))
 
+    def _checked_weights(self, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        w = weights[GROUP]
+        if tuple(w.shape) != (len(EDGES), self.n_ops):
+            raise UserError(f"weights[{GROUP!r}] must have shape ({len(EDGES)}, {self.n_ops}), got {tuple(w.shape)}")
+        return w
 
-def build_network(arch: str, C: int = 16, cells_per_stage: int = 5, num_classes: int = 10,
+    def _path_list(self, path: OpIndices) -> list[int]:
+        choice = path[GROUP].tolist()
+        if len(choice) != len(EDGES) or not all(OFF <= k < self.n_ops for k in choice):
+            raise UserError(f"path[{GROUP!r}] must hold {len(EDGES)} op indices in [0, {self.n_ops}) or -1 (off), "
+                            f"got {choice}")
+        return choice
+
+
+def build_network(arch: str, C: int = EVAL_C, cells_per_stage: int = EVAL_N, num_classes: int = 10,
                   in_channels: int = 3) -> NB201Network:
     """The stand-alone network of an architecture string (the benchmark trains C=16, N=5)."""
-    kept = {"cell": [[op] for op in parse_arch(arch)]}
+    kept = {GROUP: [[op] for op in parse_arch(arch)]}
     return NB201Network(kept, C, cells_per_stage, num_classes, in_channels, affine=True)
 
 
-def _conv_params(op: str, C: int) -> int:
-    """Parameters of one cell op at C channels (conv weights + affine BN)."""
-    kernel = {"nor_conv_1x1": 1, "nor_conv_3x3": 3}.get(op)
-    return 0 if kernel is None else kernel * kernel * C * C + 2 * C
+# ----------------------------------------------------------------------------------------------
+# Costs of the benchmark's network, without building it
+# ----------------------------------------------------------------------------------------------
+
+def _conv_bn_params(kernel: int, C_in: int, C_out: int) -> int:
+    """A bias-free k x k conv and an affine BatchNorm."""
+    return kernel * kernel * C_in * C_out + 2 * C_out
 
 
-def count_params(arch: str, C: int = 16, cells_per_stage: int = 5, num_classes: int = 10, in_channels: int = 3) -> int:
+def count_params(arch: str, C: int = EVAL_C, cells_per_stage: int = EVAL_N, num_classes: int = 10,
+                 in_channels: int = 3) -> int:
     """Parameters of :func:`build_network` (same arguments), from per-op formulas without building it."""
     ops = parse_arch(arch)
-    total = 9 * in_channels * C + 2 * C  # stem
-    for stage in range(3):
+    total = _conv_bn_params(3, in_channels, C)  # stem
+    for stage in range(CHANNEL_STAGES):
         width = C * 2 ** stage
-        if stage:  # residual reduction: two 3x3 ReLUConvBN + 1x1 shortcut
-            total += 9 * (width // 2) * width + 9 * width * width + 4 * width + (width // 2) * width
-        total += cells_per_stage * sum(_conv_params(op, width) for op in ops)
-    return total + 2 * 4 * C + 4 * C * num_classes + num_classes  # head BN + classifier
+        if stage:  # residual reduction: two 3x3 ReLUConvBN + a 1x1 shortcut conv
+            total += _conv_bn_params(3, width // 2, width) + _conv_bn_params(3, width, width) + width // 2 * width
+        total += cells_per_stage * sum(_conv_bn_params(_KERNEL[op], width, width) for op in ops if op in _KERNEL)
+    top = _top_channels(C)
+    return total + 2 * top + top * num_classes + num_classes  # head BN + classifier
+
+
+def _profiled(build: Callable[[], nn.Module], shape: tuple[int, ...]) -> float:
+    """thop's MACs (millions) of a module built alone. The global RNG is left as it was: a search costs samples as
+    it goes, and a resumed run, whose caches start empty, must draw the same random numbers."""
+    from nas.metrics import flops_millions
+
+    with torch.random.fork_rng(devices=[]):
+        return flops_millions(build(), shape)
+
+
+@functools.cache
+def _op_flops(op: str, C: int, size: int) -> float:
+    if op == NONE_OP:
+        return 0.0
+    return _profiled(lambda: build_op(_REGISTRY_NAME.get(op, op), C, 1, affine=True), (1, C, size, size))
+
+
+@functools.cache
+def _stem_flops(in_channels: int, C: int, size: int) -> float:
+    return _profiled(lambda: _stem(in_channels, C), (1, in_channels, size, size))
+
+
+@functools.cache
+def _reduction_flops(C_in: int, C_out: int, size: int) -> float:
+    return _profiled(lambda: ResidualReduction(C_in, C_out), (1, C_in, size, size))
+
+
+@functools.cache
+def _head_flops(C_top: int, size: int, num_classes: int) -> float:
+    return _profiled(lambda: nn.Sequential(_head(C_top), nn.Linear(C_top, num_classes)), (1, C_top, size, size))
+
+
+def eval_flops_millions(arch: str, C: int = EVAL_C, cells_per_stage: int = EVAL_N, num_classes: int = 10,
+                        in_channels: int = 3, size: int = 32) -> float:
+    """thop's MACs (millions) of :func:`build_network` on one size x size image, summed from per-part tables (each
+    part is profiled once), so costing every REINFORCE sample is cheap."""
+    ops = parse_arch(arch)
+    total = _stem_flops(in_channels, C, size)
+    for stage in range(CHANNEL_STAGES):
+        width = C * 2 ** stage
+        if stage:
+            total += _reduction_flops(width // 2, width, size)
+            size = (size + 1) // 2
+        total += cells_per_stage * sum(_op_flops(op, width, size) for op in ops)
+    return total + _head_flops(_top_channels(C), size, num_classes)
+
+
+# ----------------------------------------------------------------------------------------------
+# The space
+# ----------------------------------------------------------------------------------------------
+
+def _check_image_size(size: int) -> None:
+    if size < MIN_IMAGE_SIZE:
+        raise UserError(f"the dataset's images are {size}x{size}: too small for NB201's two residual reductions, "
+                        f"which need at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}; use a dataset with larger images")
+
+
+@dataclass
+class NB201ModelConfig:
+    """The `model:` section of an NB201 search: the supernet's width C (its cells per stage are `stages.layers`),
+    and the network whose parameters and FLOPs the search reports and rewards (the benchmark's: C=16, N=5)."""
+
+    C: int = 16
+    eval_C: int = EVAL_C
+    eval_N: int = EVAL_N
+
+    def validate(self) -> None:
+        for key in ("C", "eval_C", "eval_N"):
+            value = getattr(self, key)
+            if value < 1:
+                raise UserError(f"model.{key} must be a positive integer, got {value}")
 
 
 class NB201Space(SearchSpace):
-    """The NAS-Bench-201 cell space; `layers` of build_supernet is the number of cells per stage."""
+    """The NAS-Bench-201 cell space; `layers` of build_supernet is the number of cells per stage (N).
+
+    Derivation takes the most probable op of every edge, `none` included (the benchmark's convention), so op
+    dropping never drops `none` first either. There is no skip limit and no regulariser (`regularise` returns {}:
+    stages.skip_dropout does nothing here). A cell runs every edge, so there is no cell layout: REINFORCE samples
+    NB201 cells with `reinforce.sample: edges`.
+    """
 
     name = "nb201"
+    config_sections = {"model": NB201ModelConfig}
+    min_layers = 1
+    # The architecture encoding, which the tabular benchmark (nas/nb201_table.py) reaches through the registry.
+    ops = NB201_OPS
+    edges = EDGES
+    group = GROUP
+    num_archs = NUM_ARCHS
+    parse_arch = staticmethod(parse_arch)
+    arch_code = staticmethod(arch_code)
+    code_to_arch = staticmethod(code_to_arch)
+    index_code = staticmethod(index_code)
+    code_indices = staticmethod(code_indices)
 
-    def __init__(self, C: int = 16, num_classes: int = 10, in_channels: int = 3, eval_C: int = 16,
-                 eval_cells_per_stage: int = 5):
+    def __init__(self, C: int = 16, num_classes: int = 10, in_channels: int = 3, eval_C: int = EVAL_C,
+                 eval_N: int = EVAL_N, image_size: int = 32):
         self.C, self.num_classes, self.in_channels = C, num_classes, in_channels
-        self.eval_C, self.eval_cells_per_stage = eval_C, eval_cells_per_stage
+        self.eval_C, self.eval_N, self.image_size = eval_C, eval_N, image_size
+
+    @classmethod
+    def ops_per_edge(cls, sections: dict[str, Any]) -> int:
+        return len(NB201_OPS)
+
+    @classmethod
+    def from_config(cls, sections: dict[str, Any], data: DataShape) -> NB201Space:
+        _check_image_size(data.size)
+        m = sections["model"]
+        return cls(C=m.C, num_classes=data.num_classes, in_channels=data.in_channels, eval_C=m.eval_C,
+                   eval_N=m.eval_N, image_size=data.size)
+
+    @classmethod
+    def eval_network(cls, arch: str, data: DataShape, C: int = EVAL_C, layers: int = EVAL_N) -> NB201Network:
+        """The benchmark's network of an architecture (`layers`: cells per stage)."""
+        _check_image_size(data.size)
+        return build_network(arch, C, layers, data.num_classes, data.in_channels)
 
     def initial_kept_ops(self) -> KeptOps:
-        return {"cell": [list(NB201_OPS) for _ in EDGES]}
+        return {GROUP: [list(NB201_OPS) for _ in EDGES]}
 
     def build_supernet(self, kept_ops: KeptOps, layers: int) -> NB201Network:
         return NB201Network(kept_ops, self.C, layers, self.num_classes, self.in_channels)
 
-    def derive(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps) -> str:
-        """The architecture string of the most probable op on every edge (`none` included, as in the benchmark)."""
-        return path_to_arch({"cell": probs["cell"].argmax(dim=-1)}, kept_ops)
+    def prune(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps, n_keep: int, drop_none_first: bool) -> KeptOps:
+        """P-DARTS op dropping; `none` is an NB201 op like any other, so it is never dropped first."""
+        return super().prune(probs, kept_ops, n_keep, drop_none_first=False)
+
+    def derive(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps, max_skip: int | None = None) -> str:
+        """The architecture string of the most probable op on every edge (NB201 has no skip limit)."""
+        return path_to_arch({GROUP: probs[GROUP].argmax(dim=-1)}, kept_ops)
+
+    def path_architecture(self, path: OpIndices, kept_ops: KeptOps) -> str:
+        return path_to_arch(path, kept_ops)
+
+    def architecture_path(self, arch: str, kept_ops: KeptOps) -> OpIndices:
+        return arch_to_path(arch, kept_ops)
 
     def params_millions(self, arch: str) -> float:
-        return count_params(arch, self.eval_C, self.eval_cells_per_stage, self.num_classes, self.in_channels) / 1e6
+        return count_params(arch, self.eval_C, self.eval_N, self.num_classes, self.in_channels) / 1e6
 
+    def flops_millions(self, arch: str) -> float:
+        return eval_flops_millions(arch, self.eval_C, self.eval_N, self.num_classes, self.in_channels, self.image_size)
 
-class TabularBenchmark:
-    """Accuracies of every cell from a CSV with an `arch` column and the accuracy column `column`."""
+    def arch_to_record(self, arch: str) -> str:
+        return ops_to_arch(parse_arch(arch))
 
-    def __init__(self, csv_path: str | os.PathLike, column: str = "cifar10_test_acc"):
-        if not os.path.isfile(csv_path):
-            raise UserError(f"benchmark table {str(csv_path)!r} does not exist")
-        with open(csv_path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            columns = reader.fieldnames or []
-            for needed in ("arch", column):
-                if needed not in columns:
-                    raise UserError(f"benchmark table {str(csv_path)!r} has no column {needed!r}; "
-                                    f"its columns: {', '.join(columns)}")
-            self.by_code = np.full(NUM_ARCHS, np.nan)  # accuracy by arch_code, NaN where the table has no row
-            for line, row in enumerate(reader, start=2):
-                try:
-                    self.by_code[arch_code(parse_arch(row["arch"]))] = float(row[column])
-                except (UserError, ValueError) as err:
-                    raise UserError(f"{csv_path}:{line}: {err}") from None
-        self.codes = np.flatnonzero(~np.isnan(self.by_code))
-        if not len(self.codes):
-            raise UserError(f"benchmark table {str(csv_path)!r} has no rows")
-
-    def query(self, arch: str) -> float:
-        """The table's accuracy of an architecture string."""
-        acc = self.by_code[arch_code(parse_arch(arch))]
-        if np.isnan(acc):
-            raise UserError(f"architecture {arch!r} is not in the table")
-        return float(acc)
-
-    def best(self) -> tuple[str, float]:
-        """The most accurate cell (the first in code order among ties) and its accuracy."""
-        code = int(np.nanargmax(self.by_code))
-        return code_to_arch(code), float(self.by_code[code])
-
-
-class QueryOracle:
-    """Answers queries by arch code, counting unique ones against a budget; records the best-so-far trace.
-
-    A search stops when the budget is spent or after `stall_limit` consecutive repeated queries (a converged
-    policy); the stall rule does not depend on the budget, so a run's trace is a prefix of a longer run's.
-    """
-
-    def __init__(self, bench: TabularBenchmark, budget: int, stall_limit: int = 500):
-        self.bench, self.budget, self.stall_limit = bench, budget, stall_limit
-        self.seen: set[int] = set()
-        self.trace: list[tuple[int, float]] = []
-        self.stalled = 0
-
-    @property
-    def done(self) -> bool:
-        return len(self.seen) >= self.budget or self.stalled >= self.stall_limit
-
-    def __call__(self, code: int) -> float | None:
-        """The accuracy of cell `code`; None (not asked) when it is new and the budget is spent."""
-        acc = float(self.bench.by_code[code])
-        if code in self.seen:
-            self.stalled += 1
-            return acc
-        if len(self.seen) >= self.budget:
-            return None
-        if np.isnan(acc):
-            raise UserError(f"architecture {code_to_arch(code)!r} is not in the table")
-        self.seen.add(code)
-        self.stalled = 0
-        self.trace.append((len(self.seen), max(acc, self.trace[-1][1]) if self.trace else acc))
-        return acc
-
-
-def _random_search(oracle: QueryOracle, rng: np.random.Generator, cfg: ReinforceConfig) -> None:
-    """Uniform random cells; sampling without replacement equals sampling with repeats that count once."""
-    for code in rng.permutation(oracle.bench.codes):
-        if oracle(int(code)) is None:
-            return
-
-
-def _mutate(code: int, rng: np.random.Generator) -> int:
-    """Change the op of one random edge to a different random op."""
-    edge = int(rng.integers(len(EDGES)))
-    digit = code // 5 ** edge % 5
-    new = (digit + int(rng.integers(1, len(NB201_OPS)))) % len(NB201_OPS)
-    return code + (new - digit) * 5 ** edge
-
-
-def _regularized_evolution(oracle: QueryOracle, rng: np.random.Generator, cfg: ReinforceConfig,
-                           population_size: int = 10, sample_size: int = 10) -> None:
-    """Real et al. (2019) aging evolution with NAS-Bench-201's settings: population 10, tournament of 10."""
-    population: deque[tuple[int, float]] = deque()
-    while len(population) < population_size and not oracle.done:
-        code = int(rng.choice(oracle.bench.codes))
-        acc = oracle(code)
-        if acc is None:
-            return
-        population.append((code, acc))
-    while not oracle.done:
-        contenders = rng.integers(len(population), size=sample_size)
-        parent = max((population[i] for i in contenders), key=lambda member: member[1])
-        child = _mutate(parent[0], rng)
-        acc = oracle(child)
-        if acc is None:
-            return
-        population.append((child, acc))
-        population.popleft()
-
-
-def _reinforce(oracle: QueryOracle, rng: np.random.Generator, cfg: ReinforceConfig, behaviour: str) -> None:
-    """The REINFORCE controller with the given behaviour policy; reward = table accuracy / 100.
-
-    An NB201 cell runs every edge with one op, so the per-edge policy (`sample="edges"`) samples exactly its cells.
-    """
-    cfg = replace(cfg, behaviour=behaviour, sample="edges")
-    controller = ReinforceController({"cell": (len(EDGES), len(NB201_OPS))}, cfg, stage=0,
-                                     generator=torch.Generator().manual_seed(int(rng.integers(2 ** 62))))
-    while not oracle.done:
-        paths = controller.sample(cfg.samples_per_update)
-        codes = (torch.stack([path["cell"] for path in paths]) @ torch.from_numpy(_DIGITS)).tolist()
-        accuracies = [oracle(code) for code in codes]
-        if None in accuracies:
-            return
-        controller.update(paths, [acc / 100.0 for acc in accuracies])
-
-
-SearchMethod = Callable[[QueryOracle, np.random.Generator, ReinforceConfig], None]
-METHODS: dict[str, SearchMethod] = {"random": _random_search, "rea": _regularized_evolution}
-METHODS.update({f"reinforce_{behaviour}": partial(_reinforce, behaviour=behaviour) for behaviour in BEHAVIOURS})
-
-
-def run_method(name: str, bench: TabularBenchmark, budget: int, seed: int,
-               reinforce_cfg: ReinforceConfig | None = None) -> list[tuple[int, float]]:
-    """Search the table with method `name`; returns (unique queries so far, best accuracy so far) per new cell.
-
-    `reinforce_cfg` sets the controller of the reinforce_* methods (its behaviour is the method's).
-    """
-    if name not in METHODS:
-        raise UserError(f"unknown search method {name!r}; choose from: {', '.join(METHODS)}")
-    if budget < 1:
-        raise UserError(f"the query budget must be >= 1, got {budget}")
-    oracle = QueryOracle(bench, budget)
-    METHODS[name](oracle, np.random.default_rng(seed), reinforce_cfg or ReinforceConfig())
-    return oracle.trace
+    def arch_from_record(self, data: Any) -> str:
+        return ops_to_arch(parse_arch(data))

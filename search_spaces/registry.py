@@ -4,9 +4,11 @@ from __future__ import annotations
 from nas.registry import lookup
 from search_spaces.base import SearchSpace
 from search_spaces.darts import DartsSpace
+from search_spaces.nb201 import NB201Space
 
 SPACES: dict[str, type[SearchSpace]] = {
     DartsSpace.name: DartsSpace,
+    NB201Space.name: NB201Space,
 }
 
 

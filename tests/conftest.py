@@ -49,6 +49,7 @@ def shared_path(*parts: str) -> Path:
 TINY_RUNS = {
     "gradient": ("quick_digits.yaml", []),
     "reinforce": ("quick_digits_reinforce.yaml", ["reinforce.samples_per_update=2", "reinforce.last_n=8"]),
+    "gdas": ("quick_digits_gdas.yaml", []),
 }
 
 

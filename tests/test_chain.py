@@ -1,4 +1,5 @@
-"""The chain SuperNet: subnets, sum/concat weight sharing, stand-alone subnets and their sizes."""
+"""The chain SuperNet: subnets, sum/concat weight sharing, stand-alone subnets and their sizes, the linear head,
+planting a trained subnet and warm-starting choices from its filters."""
 from __future__ import annotations
 
 import pytest
@@ -13,9 +14,14 @@ from search_spaces.chain import (
     ChainSuperNet,
     StandaloneNet,
     enumerate_choices,
+    parse_choice,
+    plant,
+    resize_kernel,
     sample_path_dropout,
     validate_ops,
+    warm_start,
 )
+from search_spaces.ops import ReLUConvBN
 
 C = 4
 
@@ -94,7 +100,7 @@ def test_oneshot_step_changes_exactly_the_ops_it_ran(sharing: str) -> None:
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     x, y = batch()
-    train_step(model, torch.optim.Adadelta(model.parameters(), lr=1.0), x, y, path=(0, 1))
+    train_step(model, torch.optim.Adadelta(model.parameters(), lr=1.0), x, y, paths=[(0, 1)])
 
     ran = ("stem.", "head.", "blocks.0.ops.0.", "blocks.1.ops.1.")
     expected = {n for n in params if n.startswith(ran)}
@@ -151,3 +157,126 @@ def test_path_dropout_keeps_at_least_one_op() -> None:
     assert all(1 <= len(ops) for path in heavy for ops in path)
     kept = sum(len(ops) for _ in range(500) for ops in sample_path_dropout(1, 4, 0.5, g))
     assert 0.4 < kept / 2000 < 0.6
+
+
+def test_head_flag_builds_linear_relu_dropout_layers() -> None:
+    torch.manual_seed(0)
+    net = StandaloneNet((0, 1), 1, 10, C=C, head_hidden=(32, 16), head_dropout=0.5)
+    kinds = [type(m).__name__ for m in net.head]
+    assert kinds == ["ReLU", "AdaptiveAvgPool2d", "Flatten", "Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout",
+                     "Linear"]
+    assert [m.out_features for m in net.head if isinstance(m, torch.nn.Linear)] == [32, 16, 10]
+    assert all(m.p == 0.5 for m in net.head if isinstance(m, torch.nn.Dropout))
+    linear = (C * 16 * 32 + 32) + (32 * 16 + 16) + (16 * 10 + 10)
+    assert count_parameters(net) == stem_head_params() - (C * 16 * 10 + 10) + linear + conv_params(3) + conv_params(5)
+    x = batch()[0]
+    net.eval()
+    torch.testing.assert_close(net(x), net(x))  # dropout off in eval mode
+    net.train()
+    assert not torch.equal(net(x), net(x))  # and on in training
+    assert ChainSuperNet(1, 10, C=C, head_hidden=(32,), head_dropout=0.2)(x, (0, 0)).shape == (8, 10)
+    for hidden, dropout in [((), 0.5), ((0,), 0.0), ((8,), 1.0)]:
+        with pytest.raises(UserError):
+            StandaloneNet((0, 0), 1, 10, C=C, head_hidden=hidden, head_dropout=dropout)
+
+
+def test_parse_choice() -> None:
+    ops = ["conv_3x3", "conv_5x5", "max_pool_3x3"]
+    assert parse_choice(["conv 5x5", "max_pool_3x3", "conv_3x3"], ops, 3) == (1, 2, 0)
+    for names in (["conv_3x3"], ["conv_3x3", "skip_connect", "conv_3x3"], ["conv_3x3", "conv_9x9", "conv_3x3"]):
+        with pytest.raises(UserError):
+            parse_choice(names, ops, 3)
+
+
+OPS4 = ["conv_3x3", "conv_5x5", "max_pool_3x3", "skip_connect"]
+
+
+def trained_net(choice: tuple[int, ...], steps: int = 3, **head) -> StandaloneNet:
+    """A stand-alone net moved off its init by a few steps, so copied weights differ from any fresh ones."""
+    torch.manual_seed(1)
+    net = StandaloneNet(choice, 1, 10, C=C, ops=OPS4, **head)
+    optimizer = torch.optim.Adadelta(net.parameters(), lr=1.0)
+    for _ in range(steps):
+        train_step(net, optimizer, *batch())
+    return net
+
+
+def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_plant_copies_the_subnet_and_leaves_the_rest_fresh() -> None:
+    net = trained_net((1, 0, 2), head_hidden=(16,))
+    torch.manual_seed(0)
+    supernet = ChainSuperNet(1, 10, C=C, num_blocks=3, ops=OPS4, head_hidden=(16,))
+    fresh = state(supernet)
+    planted = plant(supernet, net)
+    assert planted[:2] == [supernet.stem, supernet.head]
+    assert same(state(supernet.stem), state(net.stem)) and same(state(supernet.head), state(net.head))
+    for b, i in enumerate((1, 0, 2)):
+        assert same(state(supernet.blocks[b].ops[i]), state(net.blocks[b]))
+        for j, op in enumerate(supernet.blocks[b].ops):
+            if j != i:
+                assert same(state(op), {k: fresh[f"blocks.{b}.ops.{j}.{k}"] for k in op.state_dict()})
+    x = batch()[0]
+    supernet.eval(), net.eval()
+    with torch.no_grad():  # sum sharing: the planted path is the stand-alone net
+        torch.testing.assert_close(supernet(x, (1, 0, 2)), net(x))
+    with pytest.raises(ValueError):
+        plant(ChainSuperNet(1, 10, C=C, num_blocks=2, ops=OPS4), net)
+
+
+def test_frozen_plant_stays_put_while_the_rest_trains() -> None:
+    net = trained_net((1, 0, 3))
+    torch.manual_seed(0)
+    supernet = ChainSuperNet(1, 10, C=C, num_blocks=3, ops=OPS4)
+    planted = plant(supernet, net, frozen=True)
+    before = [state(m) for m in planted]
+    others = state(supernet.blocks[0].ops[0])
+    optimizer = torch.optim.Adadelta([p for p in supernet.parameters() if p.requires_grad], lr=1.0)
+    for path in [(1, 0, 3), (0, 0, 3), (2, 3, 3), [[0, 1], [0, 1], [2, 3]]]:  # (2, 3, 3) has nothing to train
+        train_step(supernet, optimizer, *batch(), paths=[path])
+    for m, b in zip(planted, before):  # weights and BatchNorm statistics (only the batch counter moves)
+        assert same(*({k: v for k, v in d.items() if "num_batches" not in k} for d in (state(m), b)))
+    assert not same(state(supernet.blocks[0].ops[0]), others)
+    assert all(not p.requires_grad for m in planted for p in m.parameters())
+
+
+def test_resize_kernel_centre_pads_and_crops() -> None:
+    w3 = torch.randn(2, 2, 3, 3)
+    w5 = resize_kernel(w3, 5)
+    assert w5.shape == (2, 2, 5, 5) and torch.equal(w5[..., 1:4, 1:4], w3)
+    border = w5.clone()
+    border[..., 1:4, 1:4] = 0
+    assert not border.any()
+    assert torch.equal(resize_kernel(w5, 3), w3) and torch.equal(resize_kernel(w3, 3), w3)
+    with pytest.raises(ValueError):
+        resize_kernel(w3, 4)
+
+
+def test_warm_start_puts_the_trained_filters_into_every_conv_choice() -> None:
+    net = trained_net((0, 1, 2))  # conv_3x3 > conv_5x5 > max_pool_3x3
+    torch.manual_seed(0)
+    supernet = ChainSuperNet(1, 10, C=C, num_blocks=3, ops=OPS4)
+    fresh = state(supernet)
+    assert warm_start(supernet, net) == {0: ["conv_3x3", "conv_5x5"], 1: ["conv_3x3", "conv_5x5"]}
+    src3, src5 = net.blocks[0].body[0].weight, net.blocks[1].body[0].weight
+    block0, block1 = supernet.blocks[0].ops, supernet.blocks[1].ops
+    assert torch.equal(block0[0].body[0].weight, src3)
+    assert torch.equal(block0[1].body[0].weight[..., 1:4, 1:4], src3)  # the 5x5's centre is the 3x3 source
+    assert block0[1].body[0].weight[..., 0, :].abs().sum() == 0
+    assert torch.equal(block1[1].body[0].weight, src5)
+    assert torch.equal(block1[0].body[0].weight, src5[..., 1:4, 1:4])  # the 3x3 is the 5x5's centre
+    assert all(same(state(op.body[1]), state(net.blocks[b].body[1])) for b in (0, 1) for op in supernet.blocks[b].ops
+               if isinstance(op, ReLUConvBN))
+    assert same(state(supernet.stem), state(net.stem))
+    block2 = {k: v for k, v in state(supernet).items() if k.startswith(("blocks.2.", "head."))}
+    assert same(block2, {k: fresh[k] for k in block2})  # a pool source block and the head stay fresh
+    x = torch.randn(2, C, 6, 6)
+    block0.eval()
+    with torch.no_grad():  # a 3x3 centre-padded into a 5x5 computes the same function
+        torch.testing.assert_close(block0[1](x), block0[0](x))

@@ -1,4 +1,4 @@
-"""NAS-Bench-201: architecture strings, supernet, parameter table, tabular benchmark and black-box search."""
+"""NAS-Bench-201: architecture strings, the space (supernet, costs, records), tabular benchmark and black-box search."""
 from __future__ import annotations
 
 import csv
@@ -7,24 +7,34 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from controllers.base import StageContext
+from controllers.reinforce import ReinforceConfig, ReinforceController
+from controllers.reward import RewardConfig
+from controllers.sampling import BEHAVIOURS
 from nas.errors import UserError
+from nas.metrics import flops_millions
+from nas.nb201_table import METHODS, REINFORCE_BEHAVIOURS, TabularBenchmark, run_method
 from search_spaces.nb201 import (
-    METHODS,
     NB201_OPS,
+    NB201ModelConfig,
     NB201Space,
-    TabularBenchmark,
+    arch_code,
     arch_to_path,
     build_network,
+    code_to_arch,
     count_params,
-    format_arch,
+    eval_flops_millions,
+    ops_to_arch,
     parse_arch,
     path_to_arch,
-    run_method,
 )
+from search_spaces.registry import space_class
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "../shared/data/nb201/nb201_cifar10.csv"
@@ -41,7 +51,8 @@ def bench() -> TabularBenchmark:
 def test_parse_and_format_example() -> None:
     ops = parse_arch(EXAMPLE)
     assert ops == ("nor_conv_3x3", "nor_conv_3x3", "avg_pool_3x3", "skip_connect", "nor_conv_3x3", "skip_connect")
-    assert format_arch(ops) == EXAMPLE
+    assert ops_to_arch(ops) == EXAMPLE
+    assert code_to_arch(arch_code(EXAMPLE)) == EXAMPLE
     path = arch_to_path(EXAMPLE)
     assert path["cell"].tolist() == [3, 3, 4, 1, 3, 1]
     assert path_to_arch(path) == EXAMPLE
@@ -77,8 +88,9 @@ def test_round_trip_every_table_string(bench: TabularBenchmark) -> None:
     assert len(archs) == len(set(archs)) == 15_625
     for arch in archs:
         ops = parse_arch(arch)
-        assert format_arch(ops) == arch
+        assert ops_to_arch(ops) == arch
         assert path_to_arch(arch_to_path(arch)) == arch
+        assert code_to_arch(arch_code(arch)) == arch
 
 
 @needs_table
@@ -140,16 +152,19 @@ def test_supernet_forward_backward_in_both_modes(kept: list[str] | None) -> None
     path = {"cell": torch.tensor([conv, k - 1, 0, conv, k - 1, conv])}
     net(x, path=path).sum().backward()
     edge = net.blocks[0].edges[0]
-    assert all(p.grad is not None for p in edge.ops[conv].parameters())
-    assert all(p.grad is None for i, op in enumerate(edge.ops) if i != conv for p in op.parameters())
-    with pytest.raises(ValueError, match="pass weights= or path="):
+    assert all(p.grad is not None for p in edge[conv].parameters())
+    assert all(p.grad is None for i, op in enumerate(edge) if i != conv for p in op.parameters())
+    with pytest.raises(UserError, match="pass weights= or path="):
         net(x)
+    scale = torch.ones(6, requires_grad=True)
+    net(x, path=path, path_scale={"cell": scale}).sum().backward()  # GDAS: a differentiable weight per edge
+    assert scale.grad is not None and scale.grad[0] != 0
 
 
 def test_param_table_matches_built_networks() -> None:
     gen = torch.Generator().manual_seed(0)
-    archs = [OPTIMUM, EXAMPLE, format_arch(["none"] * 6), format_arch(["nor_conv_3x3"] * 6)]
-    archs += [format_arch([NB201_OPS[i] for i in torch.randint(5, (6,), generator=gen).tolist()]) for _ in range(4)]
+    archs = [OPTIMUM, EXAMPLE, ops_to_arch(["none"] * 6), ops_to_arch(["nor_conv_3x3"] * 6)]
+    archs += [ops_to_arch([NB201_OPS[i] for i in torch.randint(5, (6,), generator=gen).tolist()]) for _ in range(4)]
     for arch in archs:
         built = sum(p.numel() for p in build_network(arch).parameters())
         assert count_params(arch) == built
@@ -160,6 +175,82 @@ def test_param_table_matches_built_networks() -> None:
 def test_derive_takes_the_most_probable_op_per_edge() -> None:
     probs = torch.nn.functional.one_hot(arch_to_path(EXAMPLE)["cell"], 5).float() * 0.6 + 0.08
     assert NB201Space().derive({"cell": probs}, NB201Space().initial_kept_ops()) == EXAMPLE
+
+
+def space_from_config(size: int = 32, **model: int) -> NB201Space:
+    """The space as a search builds it: through the registry, from its validated `model:` section."""
+    cls = space_class("nb201")
+    sections = {"model": NB201ModelConfig(**model)}
+    cls.validate_config(sections)
+    return cls.from_config(sections, SimpleNamespace(in_channels=3, size=size, num_classes=10))
+
+
+def test_the_registry_builds_the_space_from_its_section() -> None:
+    space = space_from_config(C=4)
+    assert isinstance(space, NB201Space) and (space.C, space.eval_C, space.eval_N) == (4, 16, 5)
+    assert NB201Space.ops_per_edge({"model": NB201ModelConfig()}) == len(NB201_OPS) == 5
+    assert space.cell_layout(space.initial_kept_ops()) is None and space.max_skip_choices() == []
+    with pytest.raises(UserError, match="too small for NB201's two residual reductions"):
+        space_from_config(size=2)
+    with pytest.raises(UserError, match="model.eval_N must be a positive integer, got 0"):
+        space_from_config(eval_N=0)
+
+
+def test_prune_keeps_none_and_paths_records_round_trip() -> None:
+    space = space_from_config(C=4)
+    kept = space.initial_kept_ops()
+    probs = torch.softmax(3.0 * F.one_hot(arch_to_path(EXAMPLE)["cell"], 5).float(), -1)
+    probs[0] = torch.tensor([0.5, 0.3, 0.1, 0.05, 0.05])  # `none` is the most probable op on edge 0
+    pruned = space.prune({"cell": probs}, kept, 2, drop_none_first=True)  # NB201: `none` is an op like any other
+    assert pruned["cell"][0] == ["none", "skip_connect"]
+    arch = space.derive({"cell": probs}, kept)
+    assert parse_arch(arch)[0] == "none" and parse_arch(arch)[1:] == parse_arch(EXAMPLE)[1:]
+    for kept_ops in (kept, pruned, {"cell": [[op] for op in parse_arch(arch)]}):
+        path = space.architecture_path(arch, kept_ops)
+        assert space.path_architecture(path, kept_ops) == arch
+    record = json.loads(json.dumps(space.arch_to_record(arch)))
+    assert record == arch and space.arch_from_record(record) == arch and space.format_arch(arch) == arch
+    with pytest.raises(UserError, match="malformed"):
+        space.arch_from_record("|none~0|")
+    with pytest.raises(UserError, match="turns an edge off"):
+        space.path_architecture({"cell": torch.tensor([0, 0, -1, 0, 0, 0])}, kept)
+    with pytest.raises(UserError, match="the same non-zero number of ops"):
+        space.build_supernet({"cell": [["none"], ["none", "skip_connect"]] * 3}, 1)
+
+
+@pytest.mark.parametrize("size, in_channels, classes", [(32, 3, 10), (28, 1, 10), (16, 3, 100)])
+def test_costs_are_those_of_the_built_network(size: int, in_channels: int, classes: int) -> None:
+    space = NB201Space(C=4, num_classes=classes, in_channels=in_channels, image_size=size)
+    data = SimpleNamespace(in_channels=in_channels, size=size, num_classes=classes)
+    for arch in (OPTIMUM, ops_to_arch(["none"] * 6), ops_to_arch(["avg_pool_3x3", "skip_connect"] * 3)):
+        net = space.eval_network(arch, data)
+        assert sum(p.numel() for p in net.parameters()) / 1e6 == pytest.approx(space.params_millions(arch))
+        assert flops_millions(net, (1, in_channels, size, size)) == pytest.approx(space.flops_millions(arch))
+        assert net(torch.randn(2, in_channels, size, size)).shape == (2, classes)  # odd sizes too (28 -> 14 -> 7)
+    assert eval_flops_millions(OPTIMUM) > eval_flops_millions(ops_to_arch(["none"] * 6)) > 0
+
+
+def test_reinforce_samples_nb201_cells_one_op_per_edge() -> None:
+    space = space_from_config(C=4)
+    kept = space.initial_kept_ops()
+
+    def controller(sample: str) -> ReinforceController:
+        sections = {"reinforce": ReinforceConfig(sample=sample), "reward": RewardConfig()}
+        return ReinforceController.from_config(StageContext(sections=sections, space=space, kept_ops=kept, stage=0,
+                                                            num_stages=3, generator=torch.Generator().manual_seed(0)))
+
+    with pytest.raises(UserError, match="which the nb201 space does not choose .* set reinforce.sample: edges"):
+        controller("genotype")
+    edges = controller("edges")
+    for path in edges.sample(4):
+        reward, params, flops = edges.reward_fn(path, 0.5)
+        arch = path_to_arch(path, kept)
+        assert (reward, params, flops) == (0.5, space.params_millions(arch), space.flops_millions(arch))
+
+
+def test_the_table_compares_every_behaviour_policy() -> None:
+    assert set(REINFORCE_BEHAVIOURS) == set(BEHAVIOURS)
+    assert set(METHODS) == {"random", "rea"} | {f"reinforce_{b}" for b in BEHAVIOURS}
 
 
 def _load_bench_script():

@@ -1,0 +1,32 @@
+"""The README's CPU smoke setting of the eval trainer learns: a few epochs on digits, far below chance loss."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import ROOT
+
+import train_eval
+from nas.genotype import read_record
+
+SMOKE = str(ROOT / "experiments" / "eval_digits_smoke.yaml")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: two threads competing with other processes on 2 cores run this net 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_smoke_setting_learns_digits_in_a_few_epochs(tmp_path):
+    run_dir = tmp_path / "run"
+    train_eval.main(["--genotype", "PDARTS", "-c", SMOKE, "--epochs", "3", "--run-dir", str(run_dir),
+                     "--set", "model.C=4", "model.layers=3"])
+    metrics = read_record(run_dir / "genotype.json")["metrics"]["eval"]
+    assert metrics["epochs"] == 3 and metrics["dataset"] == "digits"
+    assert metrics["train_loss"] < 0.5 < math.log(10), metrics  # chance is ln(10) = 2.30
+    assert metrics["top1"] > 80.0, metrics  # chance is 10%
