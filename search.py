@@ -18,7 +18,8 @@ from nas.errors import UserError, exit_on_user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="P-DARTS style progressive search (any registered space and controller).")
+    parser = argparse.ArgumentParser(
+        description="P-DARTS style progressive search (any registered space and controller).")
     parser.add_argument("-c", "--config", help="YAML config (see experiments/); required unless --resume")
     parser.add_argument("--run-dir", help="where the run writes (default: runs/<config>-<time>)")
     parser.add_argument("--stage", type=int, help="run only stage N (1-based), from stage N-1's saved state")

@@ -123,7 +123,8 @@ class GdasController(Controller):
         x, y = ctx.val_batch
         logits = ctx.model(x, path=path, path_scale=scale)
         loss = ctx.criterion(logits, y)
-        grads = torch.autograd.grad(loss, list(self.alphas.values()))
+        # materialize: when every sampled op into a node is `none`, the loss does not depend on the logits
+        grads = torch.autograd.grad(loss, list(self.alphas.values()), allow_unused=True, materialize_grads=True)
         for alpha, grad in zip(self.alphas.values(), grads):
             alpha.grad = grad
         if self.cfg.grad_clip > 0:

@@ -43,7 +43,8 @@ from search_spaces.darts import (
     SearchNetwork,
     edges_per_cell,
 )
-from search_spaces.ops import DARTS_OPS, Depthwise
+from search_spaces.depthwise import Depthwise
+from search_spaces.ops import DARTS_OPS
 
 STEP_CASES = ("mixture", "path", "child", "baseline", "baseline_cl")
 CASES = STEP_CASES + ("controller",)

@@ -189,7 +189,9 @@ def _cifar(name: str, root: Path, train: bool, download: bool, augment: bool, cu
     steps += [transforms.ToTensor(), transforms.Normalize(*MEAN_STD[name])]
     if augment and cutout > 0:
         steps.append(Cutout(cutout))
-    cls = {"cifar10": datasets.CIFAR10, "cifar10_jpeg": _cifar10_jpeg_class(), "cifar100": datasets.CIFAR100}[name]
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    if name == "cifar10_jpeg":
+        cls = _cifar10_jpeg_class()
     try:
         ds = cls(str(root), train=train, download=download, transform=transforms.Compose(steps))
     except RuntimeError as err:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from search_spaces.darts_cost import eval_flops_millions
 from nas.genotype import load_genotype, shipped_genotype_names
 from nas.metrics import flops_millions
 from search_spaces.darts import DartsSpace, NetworkEval
+from search_spaces.darts_cost import eval_flops_millions
 from search_spaces.ops import DARTS_OPS
 
 

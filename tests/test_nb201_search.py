@@ -14,6 +14,7 @@ from conftest import ROOT, SHARED_DATA, shared_path
 import search
 from nas import search as search_loop
 from nas.config import load_config
+from nas.data import CIFAR10_JPEG_MD5
 from nas.genotype import read_record
 from nas.search_config import SearchConfig
 from search_spaces.nb201 import NB201_OPS, parse_arch
@@ -126,11 +127,12 @@ def shared_cifar10(tmp_path_factory) -> Path:
     return root
 
 
-def test_the_loader_checks_the_shared_batches_against_their_published_hashes(shared_cifar10: Path) -> None:
+def test_the_md5s_the_loader_checks_are_those_of_the_published_batches(shared_cifar10: Path) -> None:
     listed = dict(line.split()[::-1] for line in (SHARED_DATA / "cifar10_jpeg" / "BATCHES.SHA256").read_text()
                   .splitlines())
     folder = shared_cifar10 / "cifar-10-batches-py"
     assert {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in listed} == listed
+    assert {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in listed} == CIFAR10_JPEG_MD5
 
 
 def test_a_very_short_quick_search_on_the_shared_cifar10(shared_cifar10: Path, tmp_path: Path) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search_spaces.ops import OPS, Depthwise, PreActivated, build_op, canonical_op_name
+from search_spaces.depthwise import Depthwise
+from search_spaces.ops import OPS, PreActivated, build_op, canonical_op_name
 
 
 @pytest.mark.parametrize("name", sorted(OPS))

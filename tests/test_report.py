@@ -13,20 +13,26 @@ from nas import report
 from nas.errors import UserError
 from nas.genotype import read_record, write_record
 
-QUICK = str(ROOT / "experiments" / "quick_digits.yaml")
+CONFIGS = {controller: str(ROOT / "experiments" / name) for controller, name in
+           (("gradient", "quick_digits.yaml"), ("reinforce", "quick_digits_reinforce.yaml"))}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Two stages over small, different normal and reduce op sets: cheap, and the kept ops differ per edge in stage 2.
 SMALL_SEARCH = [
     "model.C=4", "stages.layers=[3,3]", "stages.epochs=[1,1]", "stages.warmup_epochs=[0,0]", "stages.keep=[2,1]",
-    "stages.skip_dropout=[0.0,0.4]", "reward.alpha=[0.0,0.0]", "reward.p_base=[1.0,1.0]",
-    "reinforce.epsilon=[0.2,0.2]", "reinforce.samples_per_update=2", "data.batch_size=96", "run.log_every=2",
+    "stages.skip_dropout=[0.0,0.4]", "data.batch_size=96", "run.log_every=2",
     "model.normal_ops=[none,max_pool_3x3,skip_connect,sep_conv_3x3]",
     "model.reduce_ops=[max_pool_3x3,avg_pool_3x3,skip_connect,dil_conv_3x3]",
 ]
 
 
-def run_search(run_dir: Path, *extra: str) -> Path:
-    assert search.main(["-c", QUICK, "--run-dir", str(run_dir), "--set", *SMALL_SEARCH, *extra]) == 0
+CONTROLLER_SETTINGS = {"gradient": [], "reinforce": ["reward.alpha=[0.0,0.0]", "reward.p_base=[1.0,1.0]",
+                                                     "reinforce.epsilon=[0.2,0.2]", "reinforce.samples_per_update=2"]}
+
+
+def run_search(run_dir: Path, *extra: str, controller: str = "gradient") -> Path:
+    argv = ["-c", CONFIGS[controller], "--run-dir", str(run_dir), "--set", *SMALL_SEARCH,
+            *CONTROLLER_SETTINGS[controller], *extra]
+    assert search.main(argv) == 0
     return run_dir
 
 
@@ -36,7 +42,7 @@ def embedded(markdown: str) -> list[str]:
 
 @pytest.fixture(scope="module", params=["gradient", "reinforce"])
 def finished(request, tmp_path_factory) -> tuple[str, Path]:
-    return request.param, run_search(tmp_path_factory.mktemp(request.param), f"controller={request.param}")
+    return request.param, run_search(tmp_path_factory.mktemp(request.param), controller=request.param)
 
 
 def test_search_writes_the_report_at_its_end(finished) -> None:

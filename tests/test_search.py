@@ -16,8 +16,8 @@ from nas import search as search_loop
 from nas.checkpoint import CHECKPOINT, load_checkpoint
 from nas.data import DataConfig, search_loaders
 from nas.genotype import genotype_from_dict, read_record, validate_genotype
-from nas.search import CyclingBatches, skip_dropout_rate
-from search_spaces.darts import SearchNetwork
+from nas.search import CyclingBatches
+from search_spaces.darts import SearchNetwork, skip_dropout_rate
 from search_spaces.ops import DARTS_OPS
 
 QUICK = str(ROOT / "experiments" / "quick_digits.yaml")

@@ -86,7 +86,7 @@ def test_augment_false_gives_the_raw_images():
 
 
 def test_the_architecture_half_is_evaluated_on_raw_images(tmp_path):
-    cfg = load_config(SearchConfig, QUICK, [])
+    cfg = load_config(SearchConfig, QUICK, ["data.augment=true"])
     searcher = Search(cfg, tmp_path)
     x, y = searcher.val_loader.dataset.tensors
     idx = list(searcher.val_loader.sampler.indices)

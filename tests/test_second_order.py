@@ -16,7 +16,7 @@ from controllers.base import ArchStepContext
 from controllers.gradient import GradientConfig, GradientController
 from nas.errors import UserError
 from search_spaces.darts import SearchNetwork
-from search_spaces.ops import Depthwise
+from search_spaces.depthwise import Depthwise
 
 QUICK = str(Path(__file__).resolve().parent.parent / "experiments" / "quick_digits.yaml")
 OPS = ["skip_connect", "sep_conv_3x3", "dil_conv_3x3"]
