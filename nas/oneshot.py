@@ -32,7 +32,7 @@ from tqdm import tqdm
 from nas.data import EpochSampler, make_loader
 from nas.errors import UserError
 from nas.metrics import accuracy
-from search_spaces.chain import ChainSuperNet, Choice, Path, enumerate_choices, sample_path_dropout
+from search_spaces.chain import BlockChoices, ChainSuperNet, Choice, enumerate_choices, sample_path_dropout
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 OPTIMIZERS = ("adadelta", "sgd", "adam")
@@ -99,7 +99,7 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               paths: Sequence[Path | None] | None = None) -> float:
+               paths: Sequence[BlockChoices | None] | None = None) -> float:
     """One update: cross-entropy of model(x), or of model(x, path) for each of `paths` with the gradients summed.
 
     Parameters no forward used get no gradient (grads set to None first), and a path with nothing trainable
@@ -161,7 +161,7 @@ def recalibrate_bn(model: nn.Module, batches: Batches, **forward_kwargs: Any) ->
     model.eval()
 
 
-def oneshot_predict(supernet: ChainSuperNet, batches: Batches, path: Path | None,
+def oneshot_predict(supernet: ChainSuperNet, batches: Batches, path: BlockChoices | None,
                     recal_batches: Batches | None = None) -> torch.Tensor:
     """Eval-mode logits of one path, after BatchNorm recalibration on `recal_batches` when given (undone after)."""
     if not recal_batches:
@@ -198,7 +198,7 @@ class SubnetSampler:
                 raise UserError(f"subnet distribution needs {len(self.choices)} non-negative weights with a "
                                 f"positive sum, got {list(probs)}")
 
-    def __call__(self) -> list[Path]:
+    def __call__(self) -> list[BlockChoices]:
         if self.path_dropout > 0:
             return [sample_path_dropout(self.num_blocks, self.num_ops, self.path_dropout, self.generator)]
         if self.fair:
@@ -210,7 +210,7 @@ class SubnetSampler:
 
 
 def _fit(model: nn.Module, train_set: Dataset, cfg: TrainConfig, seed: int,
-         next_paths: Callable[[], list[Path]] | None, after_epoch: Callable[[], str], desc: str) -> list[float]:
+         next_paths: Callable[[], list[BlockChoices]] | None, after_epoch: Callable[[], str], desc: str) -> list[float]:
     """Train for cfg.epochs, on the paths next_paths() draws per minibatch when given; frozen parameters
     (requires_grad False) stay out of the optimizer. Returns the training seconds up to each epoch's end
     (evaluation excluded)."""

@@ -47,7 +47,7 @@ from nas.errors import UserError
 from search_spaces.ops import ReLUConvBN, build_op, canonical_op_name
 
 Choice = tuple[int, ...]  # one op index per block: a subnet
-Path = Sequence[Union[int, Sequence[int]]]  # per block an op index or several op indices
+BlockChoices = Sequence[Union[int, Sequence[int]]]  # per block an op index or several op indices
 
 DEFAULT_OPS: tuple[str, ...] = ("conv_3x3", "conv_5x5")
 SHARING_MODES: tuple[str, ...] = ("sum", "concat")
@@ -149,7 +149,7 @@ class ChainSuperNet(nn.Module):
         """Every subnet of this supernet."""
         return enumerate_choices(self.num_blocks, self.num_ops)
 
-    def _active_sets(self, path: Path | None) -> list[list[int]]:
+    def _active_sets(self, path: BlockChoices | None) -> list[list[int]]:
         if path is None:
             return [list(range(self.num_ops))] * self.num_blocks
         if len(path) != self.num_blocks:
@@ -159,7 +159,7 @@ class ChainSuperNet(nn.Module):
             raise ValueError(f"op indices must lie in [0, {self.num_ops}), got {path}")
         return sets
 
-    def forward(self, x: torch.Tensor, path: Path | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, path: BlockChoices | None = None) -> torch.Tensor:
         """Logits of the subnet `path` (a choice tuple, or per block several op indices); None runs all ops."""
         x = self.stem(x)
         for block, active in zip(self.blocks, self._active_sets(path)):

@@ -62,7 +62,7 @@ def test_image_too_small_for_the_reductions(monkeypatch, capsys, tmp_path):
                      1, 3, 10)
     monkeypatch.setattr("nas.data.load_dataset", lambda *a, **k: tiny)
     err = _one_line_exit_2(search.main, ["-c", QUICK, "--run-dir", str(tmp_path / "r")], capsys)
-    assert "too small for 2 reduction cells" in err
+    assert "too small for the two reduction cells" in err
 
 
 def test_resume_of_an_empty_directory(capsys, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_oneshot_study import one_thread  # noqa: F401 (an autouse fixture: one torch thread)
 
 from nas.errors import UserError
 from nas.metrics import count_parameters
