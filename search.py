@@ -2,6 +2,7 @@
 
     python search.py -c experiments/quick_digits.yaml [--run-dir DIR] [--stage N] [--resume DIR]
                      [--seed S] [--set section.key=value ...]
+    torchrun --nproc_per_node=N search.py ...   (the same search on N processes: one per GPU, or gloo on CPU)
 """
 from __future__ import annotations
 
@@ -30,17 +31,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def setup_logging(run_dir: Path) -> None:
+def setup_logging(run_dir: Path, is_main: bool) -> None:
+    """INFO to stdout and search.log on rank 0; the other ranks of a torchrun job report warnings only."""
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     logger = logging.getLogger("nas")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
     logger.handlers.clear()
+    if not is_main:
+        return
     for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(run_dir / "search.log")):
         handler.setFormatter(fmt)
         logger.addHandler(handler)
 
 
-def prepare(args: argparse.Namespace):
+def prepare(args: argparse.Namespace, world_size: int):
     """Validate the command line and the config, and choose the run directory, before any work."""
     from nas.checkpoint import load_checkpoint
     from nas.search_config import SearchConfig
@@ -49,7 +53,13 @@ def prepare(args: argparse.Namespace):
         if args.config or args.overrides or args.stage is not None:
             raise UserError("--resume continues a run with its saved config; drop -c, --set and --stage")
         run_dir = Path(args.resume)
-        cfg = SearchConfig.from_tree(load_checkpoint(run_dir, "search")["config"])
+        state = load_checkpoint(run_dir, "search")
+        saved_world = state.get("world_size", 1)
+        if saved_world != world_size:
+            raise UserError(f"{run_dir} was searched by {saved_world} process(es), this is {world_size}; resume it "
+                            f"with torchrun --nproc_per_node={saved_world} (the data shards and the per-rank random "
+                            f"streams depend on it)")
+        cfg = SearchConfig.from_tree(state["config"])
         cfg.validate()
         return cfg, run_dir
     if not args.config:
@@ -66,19 +76,29 @@ def prepare(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with exit_on_user_error():
-        cfg, run_dir = prepare(args)
+        from nas.device import resolve_device
+        from nas.distributed import barrier, broadcast_object, dist_info, process_group
+
+        info = dist_info()
+        cfg, run_dir = prepare(args, info.world_size)
         from nas.search import Search, TrainingDiverged
 
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_tree(), sort_keys=False))
-        setup_logging(run_dir)
-        only_stage = args.stage - 1 if args.stage is not None else None
-        search = Search(cfg, run_dir, resume=bool(args.resume), only_stage=only_stage)
-        try:
-            record = search.run()
-        except TrainingDiverged as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+        with process_group(info, resolve_device(cfg.run.device, info.local_rank)):
+            run_dir = broadcast_object(run_dir)  # rank 0's timestamped name
+            if info.is_main:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_tree(), sort_keys=False))
+            barrier()  # the other ranks open the directory once it exists
+            setup_logging(run_dir, info.is_main)
+            only_stage = args.stage - 1 if args.stage is not None else None
+            search = Search(cfg, run_dir, resume=bool(args.resume), only_stage=only_stage)
+            try:
+                record = search.run()
+            except TrainingDiverged as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
+    if not info.is_main:
+        return 0
     if record is None:
         done = search.progress.stage  # finished stages; a resumed --stage run knows its stage from the checkpoint
         print(f"stage {done} done; run --stage {done + 1} --run-dir {run_dir} to go on")

@@ -16,6 +16,10 @@ tau anneals linearly per epoch within each stage, from tau_max at the stage's fi
 (the reference's schedule over its single search). Every P-DARTS stage builds fresh logits over its kept ops, so
 each stage is a search of its own and starts hot again. tau is a function of the epoch alone (`on_epoch`), so a
 resumed run has it back without any state. The index drawn does not depend on tau, only the gradient does.
+
+Under torchrun every rank draws the noise of all N ranks from the shared generator (seeded alike, so it stays in
+step everywhere) and keeps its own row: each rank trains and scores a different sampled architecture on its shard,
+and the architecture gradients are averaged over the ranks before Adam's step, so the logits stay identical.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from torch import nn
 
 from controllers.base import ArchStepContext, Controller, Evaluate, StageContext
 from nas.arch_types import OpIndices
+from nas.distributed import all_mean, world
 from nas.errors import UserError
 
 
@@ -98,10 +103,13 @@ class GdasController(Controller):
 
     def sample(self) -> tuple[OpIndices, dict[str, torch.Tensor]]:
         """One draw per edge: the op indices ([E] per group) and the straight-through weight h[k] of each drawn op
-        ([E] per group, value 1, differentiable with respect to every logit of its edge)."""
+        ([E] per group, value 1, differentiable with respect to every logit of its edge); this rank's draw of the
+        N drawn under torchrun."""
         path, scale = {}, {}
+        dist = world()
         for group, alpha in self.alphas.items():
-            noisy = alpha + gumbel_noise(alpha.shape, self.generator).to(alpha.device)
+            noise = gumbel_noise(torch.Size((dist.world_size, *alpha.shape)), self.generator)[dist.rank]
+            noisy = alpha + noise.to(alpha.device)
             probs = torch.softmax(noisy / self.tau, dim=-1)
             index = noisy.detach().argmax(dim=-1)
             hard = F.one_hot(index, alpha.shape[-1]).to(probs.dtype) - probs.detach() + probs
@@ -125,6 +133,8 @@ class GdasController(Controller):
         loss = ctx.criterion(logits, y)
         # materialize: when every sampled op into a node is `none`, the loss does not depend on the logits
         grads = torch.autograd.grad(loss, list(self.alphas.values()), allow_unused=True, materialize_grads=True)
+        accuracy = (logits.argmax(dim=-1) == y).float().mean()
+        *grads, stats = all_mean([*grads, torch.stack([loss.detach(), accuracy])])  # over the ranks' samples
         for alpha, grad in zip(self.alphas.values(), grads):
             alpha.grad = grad
         if self.cfg.grad_clip > 0:
@@ -132,8 +142,7 @@ class GdasController(Controller):
         self.optimizer.step()
         entropy = torch.stack([torch.distributions.Categorical(logits=a.detach()).entropy().mean()
                                for a in self.alphas.values()]).mean()
-        return {"arch/entropy": entropy.item(), "gdas/arch_loss": loss.item(),
-                "gdas/arch_acc": (logits.argmax(dim=-1) == y).float().mean().item()}
+        return {"arch/entropy": entropy.item(), "gdas/arch_loss": stats[0].item(), "gdas/arch_acc": stats[1].item()}
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}

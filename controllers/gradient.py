@@ -8,6 +8,9 @@ where w+- = w +- R * grad_w' L_val(w', alpha) and R = 0.01 / ||grad_w' L_val||.
 The train passes at w, w+ and w- draw the same skip-dropout masks (one replayed RNG state): with
 masks of their own the difference quotient would divide mask noise by 2R.
 The gradient of the logits is clipped to norm `grad_clip` before Adam's step, as P-DARTS does.
+Under torchrun every gradient is averaged over the ranks' shards before it is used (the logits' gradient, and
+for the second order also the weight gradients of the virtual step and of the finite difference), so N ranks
+compute the one-process gradient of the global batch and take the same Adam step.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from controllers.base import ArchStepContext, Controller, StageContext
+from nas.distributed import all_mean
 from nas.errors import UserError
 
 
@@ -110,9 +114,10 @@ class GradientController(Controller):
         masks = _rng_state(device)  # the train passes at w, w+ and w- all draw these dropout masks
         train_grads = torch.autograd.grad(ctx.criterion(model(x, **self.weight_forward_kwargs()), y), weights,
                                           allow_unused=True)
+        train_grads = all_mean([g if g is not None else torch.zeros_like(w) for g, w in zip(train_grads, weights)])
         virtual = {}
         for name, w, g in zip(names, weights, train_grads):
-            step = (g if g is not None else torch.zeros_like(w)) + wd * w.detach()
+            step = g + wd * w.detach()
             buf = opt.state.get(w, {}).get("momentum_buffer")
             if buf is not None:
                 step = step + momentum * buf
@@ -120,7 +125,7 @@ class GradientController(Controller):
         n_alpha = len(self.alphas)
         grads = self._alpha_grads(ctx, ctx.val_batch, virtual, wrt_params=True)
         d_alpha, d_w = grads[:n_alpha], grads[n_alpha:]
-        d_w = [g if g is not None else torch.zeros_like(w) for g, w in zip(d_w, weights)]
+        d_w = all_mean([g if g is not None else torch.zeros_like(w) for g, w in zip(d_w, weights)])
         radius = FD_RADIUS / torch.cat([g.flatten() for g in d_w]).norm().clamp_min(1e-12)
         after = _rng_state(device)  # where the RNG continues, so the sequence does not depend on the replays
         with torch.no_grad():
@@ -142,7 +147,7 @@ class GradientController(Controller):
     def arch_step(self, ctx: ArchStepContext) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         grads = self._unrolled_grads(ctx) if self.cfg.order == 2 else self._alpha_grads(ctx, ctx.val_batch)
-        for alpha, grad in zip(self.alphas.values(), grads):
+        for alpha, grad in zip(self.alphas.values(), all_mean(grads)):
             alpha.grad = grad
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.alphas.parameters(), self.cfg.grad_clip)

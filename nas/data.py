@@ -242,30 +242,49 @@ def load_dataset(name: str, root: str | os.PathLike = "data", train: bool = True
     return _imagefolder(root, train, augment)
 
 
+def shard_positions(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """The positions (of 0..n-1) that `rank` takes: its contiguous piece (torch.tensor_split) of every global batch
+    of `batch_size`, so the ranks' batches together are the one-process batch. A last batch that would give a
+    rank fewer than 2 images (BatchNorm needs 2) is dropped on every rank, so all ranks take the same steps."""
+    tail = n % batch_size
+    if 0 < tail < 2 * world_size:
+        n -= tail
+    return torch.cat([chunk.tensor_split(world_size)[rank] for chunk in torch.arange(n).split(batch_size)]
+                     or [torch.zeros(0, dtype=torch.long)])
+
+
 class EpochSampler(Sampler[int]):
     """Shuffles a fixed index list with a permutation that depends only on (seed, epoch).
 
     `set_epoch(e, skip_batches=b)` makes the next iteration start b batches into epoch e, so a run
-    resumed in the middle of an epoch sees exactly the batches an uninterrupted run would.
+    resumed in the middle of an epoch sees exactly the batches an uninterrupted run would. Under torchrun every
+    rank draws the same permutation and takes its piece of each global batch of `batch_size` (shard_positions);
+    batch its indices by batch_size // world_size.
     """
 
-    def __init__(self, indices: list[int], seed: int, batch_size: int):
+    def __init__(self, indices: list[int], seed: int, batch_size: int, rank: int = 0, world_size: int = 1):
         self.indices = list(indices)
         self.seed = seed
         self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.skip = 0
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch, self.skip = epoch, skip_batches
 
+    def _positions(self) -> torch.Tensor:
+        start = self.skip * self.batch_size
+        return start + shard_positions(max(len(self.indices) - start, 0), self.batch_size, self.rank,
+                                       self.world_size)
+
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(len(self.indices), generator=g)[self.skip * self.batch_size:]
+        order = torch.randperm(len(self.indices), generator=g)[self._positions()]
         return iter([self.indices[i] for i in order.tolist()])
 
     def __len__(self) -> int:
-        return max(len(self.indices) - self.skip * self.batch_size, 0)
+        return len(self._positions())
 
 
 class BatchAugment:
@@ -328,17 +347,24 @@ def make_loader(dataset: Dataset, sampler: Sampler[int], batch_size: int, num_wo
     return DataLoader(dataset, **kwargs) if augment is None else AugmentedLoader(dataset, augment=augment, **kwargs)
 
 
-def search_loaders(cfg: DataConfig, seed: int) -> tuple[ImageData, DataLoader, DataLoader]:
+def search_loaders(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1
+                   ) -> tuple[ImageData, DataLoader, DataLoader]:
     """The training set, unaugmented (for evaluations), and the loaders of its weight half and its architecture
-    half (of its first `cfg.limit` images when given), whose batches are augmented when `cfg.augment`."""
+    half (of its first `cfg.limit` images when given), whose batches are augmented when `cfg.augment`.
+
+    `cfg.batch_size` is the global batch: under torchrun each rank loads its piece of every batch of both halves
+    (EpochSampler), batch_size // world_size images."""
+    if cfg.batch_size % world_size or cfg.batch_size < 2 * world_size:
+        raise UserError(f"data.batch_size {cfg.batch_size} is the global batch; it must split evenly over the "
+                        f"{world_size} processes with at least 2 images each")
     data = load_dataset(cfg.dataset, cfg.root, train=True, download=cfg.download)
     if cfg.limit > len(data.dataset):
         raise UserError(f"data.limit={cfg.limit} exceeds the {len(data.dataset)} training images of {cfg.dataset}")
     w_idx, a_idx = search_split(cfg.limit or len(data.dataset), cfg.train_portion)
     augment = BatchAugment.for_search(cfg.dataset, data.size) if cfg.augment else None
     loaders = [
-        make_loader(data.dataset, EpochSampler(idx, seed + k, cfg.batch_size), cfg.batch_size, cfg.num_workers,
-                    augment)
+        make_loader(data.dataset, EpochSampler(idx, seed + k, cfg.batch_size, rank, world_size),
+                    cfg.batch_size // world_size, cfg.num_workers, augment)
         for k, idx in enumerate((w_idx, a_idx))
     ]
     return data, loaders[0], loaders[1]

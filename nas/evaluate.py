@@ -29,6 +29,7 @@ from nas.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoi
 from nas.config import RunConfigBase, SGDConfig, build_dataclass, load_config, to_dict
 from nas.data import DATASETS, ImageData, load_dataset
 from nas.device import resolve_device
+from nas.distributed import DistInfo, all_sum, broadcast_buffers, dist_info, gather_objects, process_group
 from nas.errors import UserError
 from nas.genotype import (
     SHIPPED_DIR,
@@ -176,33 +177,6 @@ def resumed_config(saved: dict[str, Any], overrides: Sequence[str]) -> EvalConfi
 
 # ---------------------------------------------------------------------------------------------- setup
 
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_info() -> DistInfo:
-    """Rank, world size and local rank from the torchrun environment."""
-    def read(name: str, default: int) -> int:
-        try:
-            return int(os.environ.get(name, default))
-        except ValueError:
-            raise UserError(f"environment variable {name}={os.environ[name]!r} must be an integer") from None
-
-    info = DistInfo(read("RANK", 0), read("WORLD_SIZE", 1), read("LOCAL_RANK", 0))
-    if not 0 <= info.rank < info.world_size:
-        raise UserError(f"RANK={info.rank} is outside WORLD_SIZE={info.world_size}; start the job with torchrun")
-    return info
-
-
 def genotype_source(spec: str, genotype: Genotype) -> tuple[str, dict[str, Any]]:
     """A short name for run directories and the record to extend: the source record, or a new one."""
     spec = spec.strip()
@@ -343,12 +317,6 @@ class Trainer:
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def _all_sum(self, values: list[float]) -> list[float]:
-        totals = torch.tensor(values, dtype=torch.float64, device=self.device)
-        if self.info.world_size > 1:
-            tdist.all_reduce(totals)
-        return totals.tolist()
-
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int, last_good: str) -> None:
         """Raise NonFiniteLoss on every rank at the same step when any rank's loss is NaN or infinite."""
         bad = (~torch.isfinite(loss.detach())).float()
@@ -386,15 +354,13 @@ class Trainer:
             correct += round(accuracy(logits, y)[0] * n / 100)
             count += n
             bar.set_postfix(loss=f"{loss_sum / count:.3f}", refresh=False)
-        loss_sum, correct, count = self._all_sum([loss_sum, correct, count])
+        loss_sum, correct, count = all_sum([loss_sum, correct, count])
         return {"loss": loss_sum / count, "top1": 100 * correct / count, "samples": int(count)}
 
     @torch.no_grad()
     def evaluate(self, loader: DataLoader, num_classes: int) -> dict[str, float]:
         """Test loss, top-1 and top-5 over the whole test set (each rank scores its shard)."""
-        if self.info.world_size > 1:  # every rank scores with rank 0's BatchNorm statistics
-            for buffer in self.net.buffers():
-                tdist.broadcast(buffer, 0)
+        broadcast_buffers(self.net)  # every rank scores with rank 0's BatchNorm statistics
         self.net.eval()
         k = min(5, num_classes)
         loss_sum = c1 = c5 = count = 0.0
@@ -405,16 +371,9 @@ class Trainer:
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
             top1, top5 = accuracy(logits, y, (1, k))
             c1, c5, count = c1 + round(top1 * y.size(0) / 100), c5 + round(top5 * y.size(0) / 100), count + y.size(0)
-        loss_sum, c1, c5, count = self._all_sum([loss_sum, c1, c5, count])
+        loss_sum, c1, c5, count = all_sum([loss_sum, c1, c5, count])
         return {"loss": loss_sum / count, "top1": 100 * c1 / count, "top5": 100 * c5 / count, "samples": int(count)}
 
-    def gather_rng(self) -> list[dict[str, Any]]:
-        """Every rank's RNG states, rank order (a collective under DDP)."""
-        if self.info.world_size == 1:
-            return [rng_state()]
-        states: list[Any] = [None] * self.info.world_size
-        tdist.all_gather_object(states, rng_state())
-        return states
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -525,7 +484,7 @@ class EvalRun:
         return self._finish(trainer, progress)
 
     def _save(self, trainer: Trainer, epochs_done: int, progress: dict[str, Any]) -> None:
-        rng = trainer.gather_rng()  # collective: every rank takes part, rank 0 writes
+        rng = gather_objects(rng_state())  # collective: every rank takes part, rank 0 writes
         if self.info.is_main:
             state = {**trainer.state_dict(), "rng": rng, "epoch": epochs_done, "progress": progress,
                      "config": to_dict(self.setup.config), "genotype": self.setup.genotype.to_dict(),
@@ -554,12 +513,6 @@ class EvalRun:
         return metrics
 
 
-def _init_process_group(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
-
 def run_eval(genotype_spec: str | None, config_path: str | None = None, run_dir: str | None = None,
              resume: str | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Validate everything, then train (under torchrun: one process per GPU); returns `metrics.eval`."""
@@ -568,10 +521,5 @@ def run_eval(genotype_spec: str | None, config_path: str | None = None, run_dir:
     run = EvalRun(setup, info)
     if run.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if info.world_size == 1:
+    with process_group(info, run.device):
         return run.train()
-    _init_process_group(run.device)
-    try:
-        return run.train()
-    finally:
-        tdist.destroy_process_group()

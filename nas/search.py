@@ -23,8 +23,9 @@ from controllers.registry import controller_class
 from nas.arch_types import KeptOps
 from nas.batchnorm import batch_stat_eval
 from nas.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
-from nas.data import search_loaders
+from nas.data import search_loaders, shard_positions
 from nas.device import resolve_device
+from nas.distributed import all_sum, average_gradients, broadcast_buffers, gather_objects, world
 from nas.errors import UserError
 from nas.genotype import make_record, read_record, write_record
 from nas.monitor import Monitor
@@ -34,6 +35,7 @@ from search_spaces.registry import space_class
 
 log = logging.getLogger("nas.search")
 STAGE_SEED_STRIDE = 1000  # stage k's weights and data draw from seed + 1000 * (k + 1), so --stage N repeats a stage
+RANK_SEED_STRIDE = 7_919  # under torchrun, rank r's dropout and augmentation then draw from that seed + 7919 * (r + 1)
 
 
 class TrainingDiverged(RuntimeError):
@@ -109,15 +111,20 @@ class StageRunner:
             self.val_batches = CyclingBatches(search.val_loader, **state["val_cursor"])
         self.regularisers: dict[str, float] = {}  # the space's regulariser values of the current epoch
         self.epoch_lr = self.scheduler.get_last_lr()[0]
+        dist = search.dist
+        if state is None and dist.world_size > 1:  # after the model and logits, which every rank builds alike
+            seed_everything(self.cfg.run.seed + STAGE_SEED_STRIDE * (stage + 1) + RANK_SEED_STRIDE * (dist.rank + 1))
         if state is not None:  # last, so building this stage's modules does not shift the restored RNG
-            set_rng_state(state["rng"])
+            own = state["ranks"][dist.rank]
+            set_rng_state(own["rng"])
+            p.sums = own["sums"]
 
     # ----- state -----
     def state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "controller": self.controller.state_dict(),
                 "w_opt": self.w_opt.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "generator": self.generator.get_state(), "val_cursor": self.val_batches.state(),
-                "rng": rng_state()}
+                "ranks": gather_objects({"rng": rng_state(), "sums": dict(self.search.progress.sums)})}
 
     # ----- steps -----
     def _batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,6 +148,7 @@ class StageRunner:
         if not torch.isfinite(loss):
             raise TrainingDiverged(self.search.where(f"loss became {loss.item()}"))
         loss.backward()
+        average_gradients(self.params)  # under torchrun: the mean over the ranks' shards (and paths)
         if self.cfg.optim.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
         self.w_opt.step()
@@ -193,12 +201,14 @@ class StageRunner:
                 correct += (logits.argmax(1) == y).sum().item()
                 count += len(y)
         self.model.train()
+        total_loss, correct, count = all_sum([total_loss, correct, count])  # each rank scored its shard
         return total_loss / count, 100.0 * correct / count
 
     def _epoch_summary(self, epoch: int, phase_epochs: int) -> dict[str, float]:
         p, search = self.search.progress, self.search
-        summary = {"train/loss": p.sums["loss"] / max(p.sums["count"], 1),
-                   "train/acc": 100.0 * p.sums["correct"] / max(p.sums["count"], 1),
+        broadcast_buffers(self.model)  # every rank evaluates (and goes on) with rank 0's BatchNorm statistics
+        loss, correct, count = all_sum([p.sums["loss"], p.sums["correct"], p.sums["count"]])
+        summary = {"train/loss": loss / max(count, 1), "train/acc": 100.0 * correct / max(count, 1),
                    "lr/weights": self.epoch_lr, **self.regularisers}
         summary["val/loss"], summary["val/acc"] = self.evaluate(**self.controller.eval_forward_kwargs())
         summary.update(self.controller.epoch_scalars(self.evaluate, summary))
@@ -236,11 +246,16 @@ class Search:
 
     def __init__(self, cfg: SearchConfig, run_dir: Path, resume: bool = False, only_stage: int | None = None):
         self.cfg, self.run_dir = cfg, run_dir
-        self.device = resolve_device(cfg.run.device)
-        data, self.train_loader, self.val_loader = search_loaders(cfg.data, cfg.run.seed)
+        self.dist = world()  # under torchrun: this rank's shard of every batch; rank 0 alone writes
+        self.device = resolve_device(cfg.run.device, self.dist.local_rank)
+        data, self.train_loader, self.val_loader = search_loaders(cfg.data, cfg.run.seed, self.dist.rank,
+                                                                  self.dist.world_size)
         self.val_batches_per_epoch = len(self.val_loader)  # a policy epoch; the loader's len shrinks on resume
-        self.val_eval_loader = DataLoader(torch.utils.data.Subset(data.dataset, list(self.val_loader.sampler.indices)),
-                                          batch_size=cfg.data.batch_size * 2)
+        val_indices = self.val_loader.sampler.indices
+        eval_batch = cfg.data.batch_size * 2
+        shard = shard_positions(len(val_indices), eval_batch, self.dist.rank, self.dist.world_size).tolist()
+        self.val_eval_loader = DataLoader(torch.utils.data.Subset(data.dataset, [val_indices[i] for i in shard]),
+                                          batch_size=eval_batch // self.dist.world_size)
         self.space = space_class(cfg.space).from_config(cfg.space_sections, data)
         self.only_stage = only_stage
         self.stage_state: dict[str, Any] | None = None
@@ -249,7 +264,8 @@ class Search:
             self._restore(load_checkpoint(run_dir, "search"))
         elif only_stage is not None and only_stage > 0:
             self._load_previous_stage(only_stage)
-        self.monitor = Monitor(run_dir / "tb", purge_step=self.progress.global_step if resume else None)
+        self.monitor = Monitor(run_dir / "tb", purge_step=self.progress.global_step if resume else None,
+                               enabled=self.dist.is_main)
 
     # ----- persistence -----
     def _restore(self, state: dict[str, Any]) -> None:
@@ -270,9 +286,10 @@ class Search:
     def checkpoint(self, runner: StageRunner | None) -> None:
         p = self.progress
         state = {"config": self.cfg.to_tree(), "progress": vars(p).copy(), "only_stage": self.only_stage,
-                 "stage": runner.state() if runner is not None else None}
+                 "stage": runner.state() if runner is not None else None, "world_size": self.dist.world_size}
         state["progress"]["elapsed"] = p.elapsed + (time.time() - self._started)
-        save_checkpoint(self.run_dir, state, "search")
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir, state, "search")
 
     def where(self, what: str) -> str:
         p = self.progress
@@ -314,14 +331,15 @@ class Search:
         p.kept_ops, p.stage, p.epoch, p.step, p.summary = kept_after, stage + 1, 0, 0, {}
         elapsed = p.elapsed + (time.time() - self._started)
         stage_file = self.run_dir / "stages" / f"stage{stage + 1}.json"
-        stage_file.parent.mkdir(exist_ok=True)
-        write_record(stage_file, {"genotype": entry["genotype"], "space": space.name,
-                                  "kept_after": kept_after, "stages": p.stages, "global_step": p.global_step,
-                                  "elapsed": elapsed})
+        if self.dist.is_main:
+            stage_file.parent.mkdir(exist_ok=True)
+            write_record(stage_file, {"genotype": entry["genotype"], "space": space.name,
+                                      "kept_after": kept_after, "stages": p.stages, "global_step": p.global_step,
+                                      "elapsed": elapsed})
         self.checkpoint(None)
 
     def _draw_stage(self, stage: int, arch: Any) -> None:
-        if not self.cfg.run.draw:
+        if not (self.cfg.run.draw and self.dist.is_main):
             return
         images = self.space.draw(arch, self.run_dir / "stages" / f"stage{stage + 1}")
         for cell, image in images.items():
@@ -352,6 +370,7 @@ class Search:
                     "wall_time_s": round(p.elapsed + (time.time() - self._started), 1)},
             metrics={"params_M": final["params_M"]})
         record["genotype_str"] = final["genotype_str"]
-        write_record(self.run_dir / "genotype.json", record)
-        write_report(self.run_dir)
+        if self.dist.is_main:
+            write_record(self.run_dir / "genotype.json", record)
+            write_report(self.run_dir)
         return record
