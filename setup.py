@@ -23,7 +23,8 @@ setup(
         "scikit-learn>=1.1",
         "matplotlib>=3.6",
     ],
-    extras_require={"test": ["pytest>=7.0", "ruff>=0.4"]},
+    # `sweep`: nas-sweep runs trials as Ray tasks; the tests run that path on a local Ray, so `test` includes it.
+    extras_require={"sweep": ["ray>=2.9"], "test": ["pytest>=7.0", "ruff>=0.4", "ray>=2.9"]},
     entry_points={
         "console_scripts": [
             "nas-search=search:main",
@@ -31,6 +32,7 @@ setup(
             "nas-plot=nas.visualize:main",
             "nas-report=nas.report:main",
             "nas-info=nas.info:main",
+            "nas-sweep=nas.sweep:main",
         ]
     },
 )

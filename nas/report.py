@@ -1,4 +1,5 @@
 """`nas-report RUN_DIR`: figures and a short markdown report of a search run (a search writes it at its end).
+`nas-report SWEEP_DIR` writes a sweep's table and plot instead (nas/sweep_results.py).
 
 Reads the run's record (`genotype.json`, or the latest `stages/stageN.json` of an unfinished run) and its
 TensorBoard events (`tb/`), and writes into the run directory:
@@ -242,12 +243,18 @@ def write_report(run_dir: str | os.PathLike) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`nas-report RUN_DIR`: write the run's figures and report.md, print the report's path."""
-    parser = argparse.ArgumentParser(prog="nas-report", description="Figures and a markdown report of a search run.")
-    parser.add_argument("run_dir", help="a run directory written by search.py (holds genotype.json and tb/)")
+    """`nas-report RUN_DIR|SWEEP_DIR`: write the run's figures and report.md (a sweep's table, plot and HParams),
+    print the report's path."""
+    parser = argparse.ArgumentParser(prog="nas-report", description="Figures and a markdown report of a search run "
+                                                                    "or of a sweep (nas-sweep).")
+    parser.add_argument("run_dir", help="a run directory written by search.py (holds genotype.json and tb/), or a "
+                                        "sweep directory written by nas-sweep (holds sweep.json)")
     args = parser.parse_args(argv)
     with exit_on_user_error():
-        print(write_report(args.run_dir))
+        from nas.sweep_results import SWEEP_FILE, write_sweep_report  # it builds on this module's helpers
+
+        sweep = (Path(args.run_dir) / SWEEP_FILE).is_file()
+        print(write_sweep_report(args.run_dir) if sweep else write_report(args.run_dir))
 
 
 if __name__ == "__main__":

@@ -368,7 +368,8 @@ class Search:
                     "dataset": self.cfg.data.dataset, "stages": p.stages, "final_kept_ops": p.kept_ops,
                     "genotypes_by_max_skip": final.get("genotypes_by_max_skip", {}),
                     "wall_time_s": round(p.elapsed + (time.time() - self._started), 1)},
-            metrics={"params_M": final["params_M"]})
+            metrics={"params_M": final["params_M"],
+                     "flops_M": round(self.space.flops_millions(self.space.arch_from_record(final["genotype"])), 3)})
         record["genotype_str"] = final["genotype_str"]
         if self.dist.is_main:
             write_record(self.run_dir / "genotype.json", record)
