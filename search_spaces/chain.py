@@ -26,8 +26,10 @@ a property of the choice alone and one stand-alone run serves both sharing modes
 
 Weights move from a trained stand-alone net into a supernet in two ways:
 - :func:`plant`: the stem, the head and the chosen op of every block are copied (optionally frozen:
-  no gradient, BatchNorm statistics kept); in ``sum`` mode the planted path then computes exactly
-  the stand-alone net. The other ops, and the 1x1 convs of ``concat`` mode, keep their fresh init.
+  no gradient, BatchNorm statistics kept); in ``concat`` mode the 1x1 conv's columns of the planted
+  slot are set to the identity (frozen: they get no gradient). The planted path then computes exactly
+  the stand-alone net in both modes. The other ops, and the other columns of the 1x1 convs, keep their
+  fresh init.
 - :func:`warm_start`: the stem is copied, and every k x k conv choice of block b takes the source's
   block-b conv resized to k x k: a smaller kernel is centre-padded with zeros (a 3x3 put into a 5x5
   computes the same function), a larger one is centre-cropped (a 5x5 into a 3x3 keeps its inner
@@ -223,8 +225,24 @@ def freeze(module: nn.Module) -> None:
             m.momentum = 0.0
 
 
+def _plant_identity_slot(proj: nn.Conv2d, slot: int, frozen: bool) -> None:
+    """Concat sharing: the 1x1 conv `proj` passes slot `slot` through unchanged (identity columns), as the
+    stand-alone net has no such conv; frozen, those columns get zero gradient (a hook), while the other slots'
+    columns keep their fresh init and train."""
+    C = proj.out_channels
+    cols = slice(slot * C, (slot + 1) * C)
+    with torch.no_grad():
+        proj.weight[:, cols] = torch.eye(C, dtype=proj.weight.dtype)[:, :, None, None]
+    if frozen:
+        mask = torch.ones_like(proj.weight)
+        mask[:, cols] = 0
+        proj.weight.register_hook(lambda grad: grad * mask)
+
+
 def plant(supernet: ChainSuperNet, net: StandaloneNet, frozen: bool = False) -> list[nn.Module]:
-    """Copy `net`'s stem, head and chosen op of every block into the supernet; return the planted modules.
+    """Copy `net`'s stem, head and chosen op of every block into the supernet (in ``concat`` sharing also an
+    identity for the op's slot of the 1x1 conv), so the planted path computes exactly `net`; return the planted
+    modules.
 
     With `frozen` they are frozen (see :func:`freeze`), so the planted path keeps the stand-alone weights.
     """
@@ -235,6 +253,9 @@ def plant(supernet: ChainSuperNet, net: StandaloneNet, frozen: bool = False) -> 
         target.load_state_dict(source.state_dict())
         if frozen:
             freeze(target)
+    for block, i in zip(supernet.blocks, net.choice):
+        if block.proj is not None:
+            _plant_identity_slot(block.proj, i, frozen)
     return planted
 
 

@@ -210,10 +210,11 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_plant_copies_the_subnet_and_leaves_the_rest_fresh() -> None:
+@pytest.mark.parametrize("sharing", SHARING_MODES)
+def test_plant_copies_the_subnet_and_leaves_the_rest_fresh(sharing: str) -> None:
     net = trained_net((1, 0, 2), head_hidden=(16,))
     torch.manual_seed(0)
-    supernet = ChainSuperNet(1, 10, C=C, num_blocks=3, ops=OPS4, head_hidden=(16,))
+    supernet = ChainSuperNet(1, 10, C=C, num_blocks=3, ops=OPS4, sharing=sharing, head_hidden=(16,))
     fresh = state(supernet)
     planted = plant(supernet, net)
     assert planted[:2] == [supernet.stem, supernet.head]
@@ -223,21 +224,33 @@ def test_plant_copies_the_subnet_and_leaves_the_rest_fresh() -> None:
         for j, op in enumerate(supernet.blocks[b].ops):
             if j != i:
                 assert same(state(op), {k: fresh[f"blocks.{b}.ops.{j}.{k}"] for k in op.state_dict()})
+        if sharing == "concat":  # the planted slot's columns of the 1x1 conv are the identity, the rest fresh
+            proj, was = supernet.blocks[b].proj.weight, fresh[f"blocks.{b}.proj.weight"]
+            cols = slice(i * C, (i + 1) * C)
+            assert torch.equal(proj[:, cols, 0, 0], torch.eye(C))
+            assert torch.equal(proj[:, :cols.start], was[:, :cols.start])
+            assert torch.equal(proj[:, cols.stop:], was[:, cols.stop:])
     x = batch()[0]
     supernet.eval(), net.eval()
-    with torch.no_grad():  # sum sharing: the planted path is the stand-alone net
+    with torch.no_grad():  # the planted path is the stand-alone net
         torch.testing.assert_close(supernet(x, (1, 0, 2)), net(x))
     with pytest.raises(ValueError):
         plant(ChainSuperNet(1, 10, C=C, num_blocks=2, ops=OPS4), net)
 
 
-def test_frozen_plant_stays_put_while_the_rest_trains() -> None:
+@pytest.mark.parametrize("sharing", SHARING_MODES)
+def test_frozen_plant_stays_put_while_the_rest_trains(sharing: str) -> None:
     net = trained_net((1, 0, 3))
     torch.manual_seed(0)
-    supernet = ChainSuperNet(1, 10, C=C, num_blocks=3, ops=OPS4)
+    supernet = ChainSuperNet(1, 10, C=C, num_blocks=3, ops=OPS4, sharing=sharing)
     planted = plant(supernet, net, frozen=True)
     before = [state(m) for m in planted]
     others = state(supernet.blocks[0].ops[0])
+    projs = [block.proj.weight.clone() for block in supernet.blocks] if sharing == "concat" else []
+    x = batch()[0]
+    supernet.eval()
+    with torch.no_grad():
+        planted_out = supernet(x, (1, 0, 3))
     optimizer = torch.optim.Adadelta([p for p in supernet.parameters() if p.requires_grad], lr=1.0)
     for path in [(1, 0, 3), (0, 0, 3), (2, 3, 3), [[0, 1], [0, 1], [2, 3]]]:  # (2, 3, 3) has nothing to train
         train_step(supernet, optimizer, *batch(), paths=[path])
@@ -245,6 +258,12 @@ def test_frozen_plant_stays_put_while_the_rest_trains() -> None:
         assert same(*({k: v for k, v in d.items() if "num_batches" not in k} for d in (state(m), b)))
     assert not same(state(supernet.blocks[0].ops[0]), others)
     assert all(not p.requires_grad for m in planted for p in m.parameters())
+    for block, i, was in zip(supernet.blocks, (1, 0, 3), projs):  # concat: only the planted slot's columns stay
+        cols = slice(i * C, (i + 1) * C)
+        assert torch.equal(block.proj.weight[:, cols], was[:, cols]) and not torch.equal(block.proj.weight, was)
+    supernet.eval()
+    with torch.no_grad():  # the planted path still computes what it did at the plant
+        torch.testing.assert_close(supernet(x, (1, 0, 3)), planted_out)
 
 
 def test_resize_kernel_centre_pads_and_crops() -> None:
