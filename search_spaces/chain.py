@@ -33,8 +33,10 @@ Weights move from a trained stand-alone net into a supernet in two ways:
 - :func:`warm_start`: the stem is copied, and every k x k conv choice of block b takes the source's
   block-b conv resized to k x k: a smaller kernel is centre-padded with zeros (a 3x3 put into a 5x5
   computes the same function), a larger one is centre-cropped (a 5x5 into a 3x3 keeps its inner
-  3x3 taps); its BatchNorm (affine weights and running statistics) is copied as is. Blocks whose
-  source op has no conv (pool, skip), the other op kinds and the head keep their fresh init.
+  3x3 taps); its BatchNorm (affine weights and running statistics) is copied as is. Where the
+  source's block b has no conv (pool, skip), the nearest block that has one is used (the earlier on
+  a tie). The other op kinds and the head keep their fresh init, and so does everything but the
+  stem when the source has no conv at all.
 """
 from __future__ import annotations
 
@@ -276,11 +278,10 @@ def warm_start(supernet: ChainSuperNet, net: StandaloneNet) -> dict[int, list[st
     the ops that were initialised."""
     _check_compatible(supernet, net)
     supernet.stem.load_state_dict(net.stem.state_dict())
+    convs = [b for b, op in enumerate(net.blocks) if isinstance(op, ReLUConvBN)]
     done: dict[int, list[str]] = {}
-    for b, (block, source) in enumerate(zip(supernet.blocks, net.blocks)):
-        if not isinstance(source, ReLUConvBN):
-            continue
-        conv, bn = source.body
+    for b, block in enumerate(supernet.blocks if convs else []):
+        conv, bn = net.blocks[min(convs, key=lambda s: (abs(s - b), s))].body  # the nearest conv, earlier on ties
         for name, op in zip(supernet.op_names, block.ops):
             if isinstance(op, ReLUConvBN):
                 op.body[0].weight.data.copy_(resize_kernel(conv.weight.data, op.body[0].kernel_size[0]))

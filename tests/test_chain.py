@@ -283,7 +283,8 @@ def test_warm_start_puts_the_trained_filters_into_every_conv_choice() -> None:
     torch.manual_seed(0)
     supernet = ChainSuperNet(1, 10, C=C, num_blocks=3, ops=OPS4)
     fresh = state(supernet)
-    assert warm_start(supernet, net) == {0: ["conv_3x3", "conv_5x5"], 1: ["conv_3x3", "conv_5x5"]}
+    both = ["conv_3x3", "conv_5x5"]
+    assert warm_start(supernet, net) == {0: both, 1: both, 2: both}
     src3, src5 = net.blocks[0].body[0].weight, net.blocks[1].body[0].weight
     block0, block1 = supernet.blocks[0].ops, supernet.blocks[1].ops
     assert torch.equal(block0[0].body[0].weight, src3)
@@ -291,11 +292,15 @@ def test_warm_start_puts_the_trained_filters_into_every_conv_choice() -> None:
     assert block0[1].body[0].weight[..., 0, :].abs().sum() == 0
     assert torch.equal(block1[1].body[0].weight, src5)
     assert torch.equal(block1[0].body[0].weight, src5[..., 1:4, 1:4])  # the 3x3 is the 5x5's centre
-    assert all(same(state(op.body[1]), state(net.blocks[b].body[1])) for b in (0, 1) for op in supernet.blocks[b].ops
-               if isinstance(op, ReLUConvBN))
+    # block 2's source is a pool: it takes the nearest conv, block 1's 5x5
+    assert torch.equal(supernet.blocks[2].ops[1].body[0].weight, src5)
+    assert all(same(state(op.body[1]), state(net.blocks[min(b, 1)].body[1])) for b in (0, 1, 2)
+               for op in supernet.blocks[b].ops if isinstance(op, ReLUConvBN))
     assert same(state(supernet.stem), state(net.stem))
-    block2 = {k: v for k, v in state(supernet).items() if k.startswith(("blocks.2.", "head."))}
-    assert same(block2, {k: fresh[k] for k in block2})  # a pool source block and the head stay fresh
+    head = {k: v for k, v in state(supernet).items() if k.startswith("head.")}
+    assert same(head, {k: fresh[k] for k in head})  # the head stays fresh
+    pool_source = StandaloneNet((2, 3, 2), 1, 10, C=C, ops=OPS4)
+    assert warm_start(ChainSuperNet(1, 10, C=C, num_blocks=3, ops=OPS4), pool_source) == {}  # no conv to take
     x = torch.randn(2, C, 6, 6)
     block0.eval()
     with torch.no_grad():  # a 3x3 centre-padded into a 5x5 computes the same function
