@@ -5,12 +5,14 @@ from controllers.base import Controller
 from controllers.gdas import GdasController
 from controllers.gradient import GradientController
 from controllers.reinforce import ReinforceController
+from controllers.rsps import RspsController
 from nas.registry import lookup
 
 CONTROLLERS: dict[str, type[Controller]] = {
     GradientController.name: GradientController,
     ReinforceController.name: ReinforceController,
     GdasController.name: GdasController,
+    RspsController.name: RspsController,
 }
 
 

@@ -1,0 +1,121 @@
+"""experiments/nb201_weight_sharing.py: --smoke runs the ranking and every search method through search.py on the
+shared CIFAR-10 and writes results.json with the documented keys (nothing here judges quality); the study's cell
+choice and sampling; the rsps controller's scoring."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, SHARED_DATA, shared_path
+
+from controllers.base import ArchStepContext
+from controllers.rsps import RspsConfig, RspsController
+from nas.nb201_table import TabularBenchmark
+from search_spaces.nb201 import NB201Space, parse_arch
+
+sys.path.insert(0, str(ROOT / "experiments"))  # the study's modules are scripts, not a package
+from nb201_weight_sharing import METHODS  # noqa: E402
+from nb201_ws_ranking import PathSampler, iso_classes, precision_at_top, study_cells  # noqa: E402
+
+SCRIPT = ROOT / "experiments" / "nb201_weight_sharing.py"
+TABLE = SHARED_DATA / "nb201" / "nb201_cifar10.csv"
+CACHE = Path("~/.cache/pdarts-nas/cifar10").expanduser()
+
+
+@pytest.fixture(scope="module")
+def cifar10_root(tmp_path_factory) -> Path:
+    """The shared CIFAR-10's batches: the documented cache when it is there, else built once."""
+    batches = shared_path("cifar10_jpeg", "cifar10_jpeg_q75.npz")
+    if (CACHE / "cifar-10-batches-py" / "batches.meta").is_file():
+        return CACHE
+    root = tmp_path_factory.mktemp("cifar10_jpeg")
+    subprocess.run([sys.executable, str(batches.parent / "make_batches.py"), str(batches),
+                    str(root / "cifar-10-batches-py")], check=True, capture_output=True, timeout=600)
+    return root
+
+
+def test_smoke_runs_the_ranking_and_every_method_and_writes_the_results(cifar10_root: Path, tmp_path: Path) -> None:
+    shared_path("nb201", "nb201_cifar10.csv")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path), "--data-root",
+                           str(cifar10_root)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["complete"] is True
+    ranking = results["ranking"]
+    for key in ("kendall_tau", "spearman_rho", "precision_top5pct", "kl_spearman_rho"):
+        assert isinstance(ranking[key], float)
+    assert 0.0 <= ranking["precision_top5pct"] <= 1.0
+    assert set(ranking["variants"]) == {"uniform_ops", "uniform_cells", "path_dropout"}
+    for variant in ranking["variants"].values():
+        assert set(variant["batch_stats"]) == set(variant["recalibrated"]) == {"kendall_tau", "spearman_rho",
+                                                                              "precision_top5pct"}
+        assert len(variant["oneshot_acc"]["recalibrated_acc"]) == ranking["cells"] == len(ranking["study_cells"])
+        assert [e["epoch"] for e in variant["by_epoch"]] == results["setting"]["ranking"]["score_epochs"]
+    assert set(results["search"]) == set(METHODS)
+    bench = TabularBenchmark(TABLE)
+    for method, entry in results["search"].items():
+        assert set(entry) >= {"test_acc_mean", "test_acc_std", "archs", "wall_s"}
+        assert isinstance(entry["test_acc_mean"], float) and isinstance(entry["wall_s"], float)
+        assert entry["test_acc_mean"] == pytest.approx(np.mean([bench.query(a) for a in entry["archs"]]))
+        run_dir = tmp_path / "searches" / method / "seed0"
+        assert json.loads((run_dir / "genotype.json").read_text())["genotype"] == entry["archs"][0]
+    assert "darts_v1" in done.stdout and "tau" in done.stdout
+
+
+def test_a_bad_method_is_a_one_line_error(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path), "--methods", "enas"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "enas" in done.stderr
+
+
+def test_study_cells_span_the_accuracy_range_and_include_the_best() -> None:
+    by_code = np.linspace(10.0, 94.0, 1000)
+    codes = study_cells(by_code, 20, 5, seed=0)
+    assert len(codes) == len(set(codes)) and 24 <= len(codes) <= 25
+    assert set(range(995, 1000)) <= set(codes)
+    assert min(codes) < 50 and max(by_code[codes]) == by_code.max()
+
+
+def test_precision_at_the_top() -> None:
+    truth = list(range(40))
+    assert precision_at_top(truth, truth) == 1.0
+    assert precision_at_top([-t for t in truth], truth) == 0.0
+
+
+def test_uniform_over_cells_draws_isomorphism_classes_evenly() -> None:
+    classes = iso_classes(str(shared_path("nb201", "nb201_cifar10.csv")))
+    assert len(classes) == 6466 and sum(map(len, classes)) == 15625
+    owner = {code: i for i, members in enumerate(classes) for code in members}
+    biggest = max(range(len(classes)), key=lambda i: len(classes[i]))
+    sampler = PathSampler("cells", 0.0, classes, seed=0)
+    draws = [owner[NB201Space.index_code(sampler()["path"]["cell"].tolist())] for _ in range(2000)]
+    assert draws.count(biggest) < 10  # uniform over ops would draw it len/15625 * 2000 times
+    assert len(classes[biggest]) / 15625 * 2000 > 25
+
+
+def test_path_dropout_keeps_an_op_on_every_edge() -> None:
+    sampler = PathSampler("ops", 0.9, None, seed=0)
+    masks = torch.stack([sampler()["weights"]["cell"] for _ in range(200)])
+    assert (masks.sum(dim=-1) >= 1).all() and 0.05 < masks.mean() < 0.3
+
+
+def test_rsps_scores_candidates_round_robin_and_outputs_the_best() -> None:
+    torch.manual_seed(0)
+    space = NB201Space(C=4, in_channels=1)
+    kept = space.initial_kept_ops()
+    model = space.build_supernet(kept, 1)
+    controller = RspsController(RspsController.shapes(kept), RspsConfig(candidates=3), torch.Generator().manual_seed(0))
+    batches = [(torch.randn(8, 1, 8, 8), torch.randint(10, (8,))) for _ in range(7)]
+    for step, batch in enumerate(batches):
+        controller.arch_step(ArchStepContext(model=model, criterion=None, train_batch=None, val_batch=batch,
+                                             w_optimizer=None, lr=0.0, stage=0, step=step))
+    assert controller.batches.tolist() == [3, 2, 2]
+    means = controller.correct / controller.batches
+    best = controller.candidate_ops[int(means.argmax())]
+    arch = controller.architecture(space, kept)
+    assert [NB201Space.ops.index(op) for op in parse_arch(arch)] == best.tolist()
