@@ -85,13 +85,13 @@ class Preset:
 
 
 PRESETS = {
-    "smoke": Preset(SearchPreset(C=4, cells_per_stage=1, images=400, epochs=1, pdarts_epochs=[1, 1, 1],
-                                 rsps_candidates=4, seeds=1, batch_size=50),
-                    RankingSetting(images=400, C=4, epochs=2, score_epochs=[1, 2], batch_size=50, held_out=100,
+    "smoke": Preset(SearchPreset(C=4, cells_per_stage=1, images=256, epochs=1, pdarts_epochs=[1, 1, 1],
+                                 rsps_candidates=4, seeds=1, batch_size=32),
+                    RankingSetting(images=256, C=4, epochs=2, score_epochs=[1, 2], batch_size=32, held_out=100,
                                    recal=50), cells=10, top=2),
-    "default": Preset(SearchPreset(C=8, cells_per_stage=1, images=10_000, epochs=5, pdarts_epochs=[2, 2, 1],
-                                   rsps_candidates=64, seeds=3),
-                      RankingSetting(images=10_000, C=8, epochs=20, score_epochs=[5, 20], held_out=500, recal=256),
+    "default": Preset(SearchPreset(C=8, cells_per_stage=1, images=8000, epochs=5, pdarts_epochs=[2, 2, 1],
+                                   rsps_candidates=63, seeds=3),
+                      RankingSetting(images=8000, C=8, epochs=20, score_epochs=[5, 20], held_out=500, recal=256),
                       cells=200, top=20),
     "full": Preset(SearchPreset(C=16, cells_per_stage=5, images=0, epochs=50, pdarts_epochs=[20, 15, 15],
                                 rsps_candidates=100, seeds=3),

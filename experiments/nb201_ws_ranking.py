@@ -20,7 +20,6 @@ after scoring.
 from __future__ import annotations
 
 import csv
-import math
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -207,6 +206,6 @@ def check_setting(setting: RankingSetting) -> list[str]:
         problems.append(f"score epochs must lie in [1, {setting.epochs}], got {setting.score_epochs}")
     if setting.epochs not in setting.score_epochs:
         problems.append("the last epoch must be scored")
-    if min(setting.held_out, setting.recal, setting.C, setting.cells_per_stage) < 1 or not math.isfinite(setting.lr):
+    if min(setting.held_out, setting.recal, setting.C, setting.cells_per_stage) < 1:
         problems.append("held-out and recalibration images, C and cells per stage must be positive")
     return problems
