@@ -56,6 +56,7 @@ class Controller(nn.Module, ABC):
     text_tags: ClassVar[dict[str, str]] = {}  # every text tag it writes
     update_interval: int = 1
     optimizer: torch.optim.Optimizer | None = None  # the architecture optimizer, if any (its lr is logged)
+    scores_samples: ClassVar[bool] = False  # it rewards sampled architectures (scored_samples, reward)
 
     def __init__(self, shapes: dict[str, tuple[int, int]], init_std: float = 1e-3):
         super().__init__()
@@ -92,6 +93,18 @@ class Controller(nn.Module, ABC):
     def architecture(self, space: Any, kept_ops: KeptOps, max_skip: int | None = None) -> Any:
         """The architecture this controller outputs now: the space's derivation from the op probabilities."""
         return space.derive(self.probs(), kept_ops, max_skip)
+
+    def path_architecture(self, space: Any, kept_ops: KeptOps, path: OpIndices) -> Any:
+        """The architecture a sampled path stands for (default: the space's architecture of that path)."""
+        return space.path_architecture(path, kept_ops)
+
+    def scored_samples(self) -> list[tuple[OpIndices, float]]:
+        """(path, reward) of the recently sampled architectures, oldest first (controllers with scores_samples)."""
+        return []
+
+    def reward(self, arch: Any, accuracy: float) -> tuple[float, dict[str, float]]:
+        """The stage's reward of an architecture with validation accuracy `accuracy` (0..1), and its costs."""
+        raise NotImplementedError(f"the {self.name} controller does not score architectures")
 
     def arch_active(self, epoch: int, warmup: int) -> bool:
         """Whether training epoch `epoch` interleaves architecture steps (default: after the warm-up)."""

@@ -32,6 +32,11 @@ policy gradient when R is additive over decisions or mu = pi.
 :meth:`ReinforceController.update` take any rewards (the NAS-Bench-201 benchmark feeds table
 accuracies); :meth:`ReinforceController.arch_step` is the search-loop entry that evaluates samples on
 a validation batch.
+
+Under torchrun (N ranks) the generator, seeded alike on every rank, draws the samples of all ranks, so it stays
+in step everywhere: each rank scores its own `samples_per_update` on its shard of the validation batch, the
+accuracies are gathered, and every rank applies the same update from all N x samples_per_update samples. Each
+weight step trains a different sampled path on every rank.
 """
 from __future__ import annotations
 
@@ -59,6 +64,7 @@ from controllers.sampling import (
 )
 from nas.arch_types import CellLayout, KeptOps, OpIndices
 from nas.batchnorm import batch_stat_eval
+from nas.distributed import all_gather_cat, world
 from nas.errors import UserError
 
 INIT_STD = 1e-3
@@ -193,6 +199,8 @@ TAGS = {
     "params_mean": "mean eval-scale parameters (M) of the sampled architectures",
     "flops_mean": "mean eval-scale FLOPs (M multiply-adds, thop) of the sampled architectures at the dataset's "
                   "image size",
+    "latency_mean": "mean eval-scale latency (ms, batch 1) of the sampled architectures from reward.latency_table "
+                    "(only with a table)",
     "best_recent_reward": "max reward among the last N samples, end of epoch",
     "best_recent_acc": "validation top-1 (%) of that max-reward sample on the whole architecture half, end of "
                        "epoch; against argmax_acc it tells whether the policy's mode is its best find",
@@ -209,6 +217,7 @@ class ReinforceController(Controller):
     config_sections = {"reinforce": ReinforceConfig, "reward": RewardConfig}
     tags = {f"stage{{s}}/reinforce/{key}": meaning for key, meaning in TAGS.items()}
     text_tags = {"stage{s}/reinforce/best_recent_arch": "the max-reward architecture among the last N samples"}
+    scores_samples = True
 
     def __init__(self, shapes: dict[str, tuple[int, int]], cfg: ReinforceConfig, stage: int,
                  generator: torch.Generator | None = None, layouts: dict[str, CellLayout] | None = None):
@@ -237,7 +246,9 @@ class ReinforceController(Controller):
         self.baseline: float | None = None
         self.recent: deque[tuple[OpIndices, float]] = deque(maxlen=cfg.last_n)
         self.samples_seen = 0
-        self.reward_fn: RewardFn | None = None  # (path, accuracy) -> (reward, params M, FLOPs M); set by from_config
+        self.reward_fn: RewardFn | None = None  # (architecture, accuracy) -> (reward, costs); set by from_config
+        self.space: Any = None  # the search space and the kept ops that turn paths into architectures (from_config)
+        self.kept_ops: KeptOps = {}
 
     @classmethod
     def from_config(cls, ctx: StageContext) -> ReinforceController:
@@ -249,9 +260,15 @@ class ReinforceController(Controller):
             raise UserError(f"reinforce.sample=genotype samples two inputs per cell node, which the {ctx.space.name} "
                             f"space does not choose (its cells run every edge); set reinforce.sample: edges")
         controller = cls(cls.shapes(ctx.kept_ops), cfg, ctx.stage, generator=ctx.generator, layouts=layouts)
-        controller.reward_fn = make_reward_fn(functools.partial(controller.path_architecture, ctx.space, ctx.kept_ops),
-                                              ctx.space.params_millions, ctx.sections["reward"], ctx.stage,
-                                              ctx.space.flops_millions)
+        reward_cfg = ctx.sections["reward"]
+        costs = {"params": ctx.space.params_millions, "flops": ctx.space.flops_millions}
+        table = reward_cfg.table()
+        if table is not None:
+            scale = ctx.space.latency_scale()
+            table.check_scale(scale, reward_cfg.latency_table)
+            costs["latency"] = functools.partial(ctx.space.latency_ms, table=table.entries, scale=scale)
+        controller.reward_fn = make_reward_fn(reward_cfg, ctx.stage, costs)
+        controller.space, controller.kept_ops = ctx.space, ctx.kept_ops
         return controller
 
     def _cpu_logits(self) -> dict[str, torch.Tensor]:
@@ -333,6 +350,15 @@ class ReinforceController(Controller):
             "iw_max": weights.max().item(),
         }
 
+    def scored_samples(self) -> list[tuple[OpIndices, float]]:
+        return list(self.recent)
+
+    def reward(self, arch: Any, accuracy: float) -> tuple[float, dict[str, float]]:
+        """The stage's reward of an architecture with validation accuracy `accuracy` (0..1), and its costs."""
+        if self.reward_fn is None:
+            raise ValueError("ReinforceController needs reward_fn (from_config sets it)")
+        return self.reward_fn(arch, accuracy)
+
     def best_recent(self) -> tuple[OpIndices, float] | None:
         """The max-reward (path, reward) among the last `last_n` samples; None before any update."""
         return max(self.recent, key=lambda pair: pair[1]) if self.recent else None
@@ -406,9 +432,12 @@ class ReinforceController(Controller):
         return {"reinforce/best_recent_arch": str(entries["best_recent"])}
 
     def weight_forward_kwargs(self) -> dict[str, Any]:
+        """This rank's path: under torchrun every rank draws the paths of all N ranks from the shared generator (so
+        it stays in step everywhere) and trains its own, so one step trains N paths."""
+        dist = world()
         if self.cfg.mode == "separate":  # the supernet trains under uniform sampling before the policy runs
-            return {"path": self.uniform_path()}
-        return {"path": self._draw(self.weight_sampler, 1)[0]}
+            return {"path": [self.uniform_path() for _ in range(dist.world_size)][dist.rank]}
+        return {"path": self._draw(self.weight_sampler, dist.world_size)[dist.rank]}
 
     def eval_forward_kwargs(self) -> dict[str, Any]:
         return {"path": self.mode_path()}
@@ -416,16 +445,18 @@ class ReinforceController(Controller):
     def arch_step(self, ctx: ArchStepContext) -> dict[str, float]:
         """Sample, score each path on ctx.val_batch with the supernet running that path only (BatchNorm on the
         batch's statistics), update; returns the update's scalars keyed by tag suffix."""
-        if self.reward_fn is None:
-            raise ValueError("ReinforceController.arch_step needs reward_fn (from_config sets it)")
-        paths = self.sample(self.cfg.samples_per_update)
+        dist, k = world(), self.cfg.samples_per_update
+        paths = self.sample(k * dist.world_size)  # under torchrun: every rank draws all ranks' samples, scores its k
         x, y = ctx.val_batch
         with batch_stat_eval(ctx.model), torch.no_grad():
-            accuracies = [(ctx.model(x, path=path).argmax(dim=-1) == y).float().mean().item() for path in paths]
-        rewards, params, flops = zip(*(self.reward_fn(path, acc) for path, acc in zip(paths, accuracies)))
+            mine = [(ctx.model(x, path=path).argmax(dim=-1) == y).float().mean()
+                    for path in paths[dist.rank * k:(dist.rank + 1) * k]]
+        accuracies = all_gather_cat(torch.stack(mine)).tolist()  # every sample's accuracy on every rank, one update
+        rewards, costs = zip(*(self.reward(self.path_architecture(self.space, self.kept_ops, path), acc)
+                               for path, acc in zip(paths, accuracies)))
         metrics = self.update(paths, rewards)
-        metrics["params_mean"] = sum(params) / len(params)
-        metrics["flops_mean"] = sum(flops) / len(flops)
+        for metric in costs[0]:
+            metrics[f"{metric}_mean"] = sum(c[metric] for c in costs) / len(costs)
         metrics["acc_mean"] = sum(accuracies) / len(accuracies)
         return {"arch/entropy": metrics.pop("entropy"), **{f"reinforce/{k}": v for k, v in metrics.items()}}
 

@@ -1,56 +1,88 @@
-"""The REINFORCE reward: validation accuracy with a soft parameter-count constraint (MnasNet form).
+"""The REINFORCE reward: validation accuracy with a constraint on a cost m of the architecture (MnasNet's form).
 
-R = accuracy * (P / P_base) ** alpha, P the parameters (millions) of the eval-scale network of the sampled
-architecture, alpha <= 0 and P_base per stage. alpha = 0 gives the accuracy.
+m is, per stage (`reward.metric`), the parameters (millions), the FLOPs (millions of multiply-adds, thop) or the
+latency (ms, summed from a measured per-part table: nas/latency.py) of the eval-scale network of the sampled
+architecture. With m_base the stage's `reward.p_base` (in the metric's unit):
+
+- ``soft`` (MnasNet's soft constraint, alpha = beta): R = acc * (m / m_base) ** alpha, alpha <= 0 per stage;
+  alpha = 0 gives the accuracy.
+- ``hard`` (MnasNet's hard constraint: alpha = 0, beta = -1 by default): m_base is a budget; R = acc at or under
+  it and R = acc * (m / m_base) ** beta past it, beta < 0 per stage (`reward.beta`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from nas.arch_types import OpIndices
 from nas.errors import UserError
+from nas.latency import LatencyTable, load_table
 
-RewardFn = Callable[[OpIndices, float], tuple[float, float, float]]  # (path, accuracy) -> (reward, params M, FLOPs M)
+METRICS = ("params", "flops", "latency")
+MODES = ("soft", "hard")
+Costs = dict[str, float]  # metric -> value of one architecture (params M, flops M, latency ms)
+RewardFn = Callable[[Any, float], tuple[float, Costs]]  # (architecture, accuracy) -> (reward, its costs)
 
 
 @dataclass
 class RewardConfig:
-    """The ``reward:`` section of a search config: one alpha and one P_base (millions) per stage."""
+    """The ``reward:`` section of a search config: the metric, alpha, beta and m_base per stage."""
 
+    metric: list[str] = field(default_factory=lambda: ["params", "params", "params"])
+    mode: str = "soft"
     alpha: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    beta: list[float] = field(default_factory=lambda: [-1.0, -1.0, -1.0])
     p_base: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    latency_table: str | None = None
 
     def validate(self, num_stages: int) -> None:
-        """Raise UserError naming the first bad field."""
-        for name in ("alpha", "p_base"):
+        """Raise UserError naming the first bad field (the latency table is read and its device checked)."""
+        for name in ("metric", "alpha", "beta", "p_base"):
             values = getattr(self, name)
             if len(values) != num_stages:
                 raise UserError(f"reward.{name} has {len(values)} values but the search has {num_stages} stages; "
                                 f"give one per stage")
+        if any(m not in METRICS for m in self.metric):
+            raise UserError(f"reward.metric values must be {', '.join(METRICS)}; got {self.metric}")
+        if self.mode not in MODES:
+            raise UserError(f"reward.mode is {self.mode!r}; choose one of: {', '.join(MODES)}")
         if any(a > 0 for a in self.alpha):
             raise UserError(f"reward.alpha values must be <= 0 (a penalty on size), got {self.alpha}")
+        if any(not b < 0 for b in self.beta):
+            raise UserError(f"reward.beta values must be < 0 (the penalty past the budget), got {self.beta}")
         if any(not p > 0 for p in self.p_base):
-            raise UserError(f"reward.p_base values must be > 0 (millions of parameters), got {self.p_base}")
+            raise UserError(f"reward.p_base values must be > 0 (in the metric's unit: M params, M FLOPs, ms), got "
+                            f"{self.p_base}")
+        if "latency" in self.metric and not self.latency_table:
+            raise UserError("reward.metric latency needs reward.latency_table: PATH (build it with nas-latency build)")
+        if self.latency_table:
+            self.table()
+
+    def table(self) -> LatencyTable | None:
+        """The latency table (refused when measured on another device), or None without one."""
+        return load_table(self.latency_table) if self.latency_table else None
+
+
+def constrained_reward(accuracy: float, cost: float, base: float, alpha: float, beta: float | None = None) -> float:
+    """MnasNet: accuracy * (cost / base) ** w, w = alpha at or under base, beta past it (beta None: alpha)."""
+    exponent = alpha if beta is None or cost <= base else beta
+    return accuracy * (cost / base) ** exponent
 
 
 def param_penalty_reward(accuracy: float, params_m: float, p_base: float, alpha: float) -> float:
-    """accuracy * (params_m / p_base) ** alpha."""
-    return accuracy * (params_m / p_base) ** alpha
+    """accuracy * (params_m / p_base) ** alpha (the soft form on parameters)."""
+    return constrained_reward(accuracy, params_m, p_base, alpha)
 
 
-def make_reward_fn(architecture_fn: Callable[[OpIndices], Any], params_fn: Callable[[Any], float], cfg: RewardConfig,
-                   stage: int, flops_fn: Callable[[Any], float]) -> RewardFn:
-    """The search's reward for this stage: (path, accuracy) -> (reward, params_m, flops_m).
+def make_reward_fn(cfg: RewardConfig, stage: int, costs: dict[str, Callable[[Any], float]]) -> RewardFn:
+    """The search's reward for this stage: (architecture, accuracy) -> (reward, every cost in `costs`).
 
-    Size and FLOPs are those of `architecture_fn(path)`, the architecture the path stands for (with genotype
-    sampling, the sampled genotype itself), at eval scale.
+    `costs` maps metric names to cost functions of an architecture at eval scale; it must hold the stage's metric.
     """
-    p_base, alpha = cfg.p_base[stage], cfg.alpha[stage]
+    metric, base = cfg.metric[stage], cfg.p_base[stage]
+    alpha, beta = (cfg.alpha[stage], None) if cfg.mode == "soft" else (0.0, cfg.beta[stage])
 
-    def reward_fn(path: OpIndices, accuracy: float) -> tuple[float, float, float]:
-        arch = architecture_fn(path)
-        params_m = params_fn(arch)
-        return param_penalty_reward(accuracy, params_m, p_base, alpha), params_m, flops_fn(arch)
+    def reward_fn(arch: Any, accuracy: float) -> tuple[float, Costs]:
+        values = {name: fn(arch) for name, fn in costs.items()}
+        return constrained_reward(accuracy, values[metric], base, alpha, beta), values
 
     return reward_fn

@@ -3,9 +3,10 @@ search_spaces/registry.py. See EXTENDING.md for a worked example.
 """
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -13,6 +14,8 @@ from torch import nn
 
 from nas.arch_types import NONE_OP, CellLayout, KeptOps, OpIndices
 from nas.errors import UserError
+
+PartFactory = Callable[[], tuple[nn.Module, tuple[int, ...]]]  # a latency-table part: (module, input shape)
 
 
 class DataShape(Protocol):
@@ -111,6 +114,27 @@ class SearchSpace(ABC):
     @abstractmethod
     def flops_millions(self, arch: Any) -> float:
         """Multiply-adds (millions) of the eval-scale network on one image of the dataset's size."""
+
+    # ----- latency (nas/latency.py measures the table) -----
+    def latency_scale(self) -> dict[str, int]:
+        """The eval-scale settings (C, layers, size, ...) a latency table for this search must have been built at."""
+        raise UserError(f"the {self.name} space has no latency model; use reward.metric params or flops")
+
+    @classmethod
+    def latency_parts(cls, scale: dict[str, int], ops: Sequence[str] | None = None) -> dict[str, PartFactory]:
+        """Every part an eval-scale network of `ops` (default: the space's candidate ops) can have, keyed as in a
+        latency table: each builds (module, input shape at batch 1)."""
+        raise UserError(f"the {cls.name} space has no latency model")
+
+    @classmethod
+    def latency_ms(cls, arch: Any, table: Mapping[str, float], scale: dict[str, int]) -> float:
+        """Milliseconds of the network of `arch` at `scale`: the sum of its parts' entries in a latency table."""
+        raise UserError(f"the {cls.name} space has no latency model; use reward.metric params or flops")
+
+    @classmethod
+    def random_architecture(cls, rng: random.Random, ops: Sequence[str] | None = None) -> Any:
+        """An architecture drawn uniformly over `ops` (default: the candidate ops), to check latency tables."""
+        raise UserError(f"the {cls.name} space cannot draw random architectures")
 
     @classmethod
     def eval_network(cls, arch: Any, data: DataShape, **settings: Any) -> nn.Module:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import functools
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 from nas.arch_types import NONE_OP, SKIP_OP, CellLayout, OpIndices
 from nas.errors import UserError
 from nas.genotype import Genotype, genotype_from_dict
-from search_spaces.base import DataShape, KeptOps, SearchSpace
+from search_spaces.base import DataShape, KeptOps, PartFactory, SearchSpace
 from search_spaces.ops import (
     DARTS_OPS,
     FactorizedReduce,
@@ -760,6 +761,34 @@ class DartsSpace(SearchSpace):
 
         return eval_flops_millions(arch, self.eval_C, self.eval_layers, self.num_classes, self.in_channels,
                                    self.image_size)
+
+    def latency_scale(self) -> dict[str, int]:
+        return {"C": self.eval_C, "layers": self.eval_layers, "size": self.image_size,
+                "in_channels": self.in_channels, "num_classes": self.num_classes}
+
+    @classmethod
+    def latency_parts(cls, scale: dict[str, int], ops: Sequence[str] | None = None) -> dict[str, PartFactory]:
+        """The CIFAR eval network's parts (search_spaces/darts_cost.py) over `ops` (default: DARTS_OPS), cells of
+        4 nodes concatenated at the output."""
+        from search_spaces.darts_cost import latency_parts, part_module
+
+        parts = latency_parts([_canonical(op) for op in (ops or DARTS_OPS)], **scale)
+        return {part.key: functools.partial(part_module, part) for part in parts}
+
+    @classmethod
+    def latency_ms(cls, arch: Genotype, table: Mapping[str, float], scale: dict[str, int]) -> float:
+        from search_spaces.darts_cost import eval_latency_ms
+
+        return eval_latency_ms(arch, table, **scale)
+
+    @classmethod
+    def random_architecture(cls, rng: random.Random, ops: Sequence[str] | None = None) -> Genotype:
+        """Per node two distinct inputs, each with an op drawn uniformly from `ops` without `none`."""
+        names = [_canonical(op) for op in (ops or DARTS_OPS) if _canonical(op) != NONE]
+        cells = {group: [(rng.choice(names), j) for i in range(4) for j in sorted(rng.sample(range(2 + i), 2))]
+                 for group in GROUPS}
+        return Genotype(normal=cells["normal"], normal_concat=[2, 3, 4, 5], reduce=cells["reduce"],
+                        reduce_concat=[2, 3, 4, 5])
 
     def arch_to_record(self, arch: Genotype) -> dict[str, Any]:
         return arch.to_dict()

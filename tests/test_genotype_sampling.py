@@ -6,7 +6,6 @@ the record holds, and the accuracy scored is that genotype's path on its own.
 """
 from __future__ import annotations
 
-import functools
 import io
 import itertools
 import math
@@ -152,15 +151,16 @@ def test_every_sample_is_charged_the_parameters_of_the_genotype_it_outputs(behav
     space, kept = _darts()
     controller = ReinforceController({g: (14, 8) for g in kept}, ReinforceConfig(behaviour=behaviour), 0,
                                      torch.Generator().manual_seed(3), layouts=space.cell_layout(kept))
-    reward_fn = make_reward_fn(functools.partial(controller.path_architecture, space, kept), space.params_millions,
-                               RewardConfig(alpha=[-0.5], p_base=[3.0]), 0, flops_fn=lambda arch: 0.0)
+    reward_fn = make_reward_fn(RewardConfig(metric=["params"], alpha=[-0.5], beta=[-1.0], p_base=[3.0]), 0,
+                               {"params": space.params_millions})
     for path in controller.sample(200):
         genotype = space.path_architecture(path, kept)
         assert all(op != "none" for op, _ in genotype.normal + genotype.reduce)
         assert sum(op == "skip_connect" for op, _ in genotype.normal) <= 2
         for cell in (genotype.normal, genotype.reduce):
             assert all(cell[i][1] != cell[i + 1][1] for i in range(0, 8, 2))  # two distinct inputs per node
-        reward, params_m, _ = reward_fn(path, 0.5)
+        reward, costs = reward_fn(controller.path_architecture(space, kept, path), 0.5)
+        params_m = costs["params"]
         assert params_m == eval_param_count(genotype, 36, 20, 10, 1) / 1e6
         assert reward == pytest.approx(0.5 * (params_m / 3.0) ** -0.5)
 
@@ -188,12 +188,12 @@ def test_the_accuracy_scored_is_that_of_the_genotype_alone() -> None:
     x, y = torch.randn(32, 1, 8, 8), torch.randint(10, (32,))
     ctx = ArchStepContext(model=model, criterion=nn.functional.cross_entropy, train_batch=(x, y), val_batch=(x, y),
                           w_optimizer=torch.optim.SGD(model.parameters(), lr=0.1), lr=0.1, stage=0, step=0)
-    controller.reward_fn = lambda path, acc: scored.append((path, acc)) or (acc, 1.0, 1.0)
+    controller.space, controller.kept_ops = space, kept
+    controller.reward_fn = lambda arch, acc: scored.append((arch, acc)) or (acc, {"params": 1.0})
     controller.arch_step(ctx)
     paths = []
-    for path, acc in scored:
-        alone = space.architecture_path(space.path_architecture(path, kept), kept)
-        assert all(torch.equal(alone[g], path[g]) for g in path)
+    for arch, acc in scored:
+        alone = space.architecture_path(arch, kept)
         with batch_stat_eval(model), torch.no_grad():  # as arch_step scores: BatchNorm on the batch's statistics
             assert (model(x, path=alone).argmax(1) == y).float().mean().item() == acc
         paths.append(alone)

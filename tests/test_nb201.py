@@ -243,9 +243,9 @@ def test_reinforce_samples_nb201_cells_one_op_per_edge() -> None:
         controller("genotype")
     edges = controller("edges")
     for path in edges.sample(4):
-        reward, params, flops = edges.reward_fn(path, 0.5)
         arch = path_to_arch(path, kept)
-        assert (reward, params, flops) == (0.5, space.params_millions(arch), space.flops_millions(arch))
+        reward, costs = edges.reward(edges.path_architecture(space, kept, path), 0.5)
+        assert (reward, costs) == (0.5, {"params": space.params_millions(arch), "flops": space.flops_millions(arch)})
 
 
 def test_the_table_compares_every_behaviour_policy() -> None:

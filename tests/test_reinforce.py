@@ -207,7 +207,8 @@ def test_arch_step_scores_samples_on_the_validation_batch() -> None:
     x, y = torch.randn(64, 2), torch.zeros(64, dtype=torch.long)
     ctx = ArchStepContext(model=model, criterion=nn.functional.cross_entropy, train_batch=(x, y), val_batch=(x, y),
                           w_optimizer=torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), lr=0.1, stage=1, step=0)
-    controller.reward_fn = lambda path, acc: (0.5 * acc, 2.0 + acc, 30.0 + acc)
+    controller.path_architecture = lambda space, kept_ops, path: path  # no space: a path is its own architecture
+    controller.reward_fn = lambda arch, acc: (0.5 * acc, {"params": 2.0 + acc, "flops": 30.0 + acc})
     tagged = controller.arch_step(ctx)
     assert controller.update_interval == 5 and len(model.calls) == 3
     assert not any(grad for _, grad in model.calls)

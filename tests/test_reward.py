@@ -41,17 +41,24 @@ class _FakeSpace:
         return 1.0 + sum(0.5 * "abc".index(op) for op in arch)
 
 
-def test_make_reward_fn_charges_the_architecture_of_the_path() -> None:
+def test_make_reward_fn_charges_the_stage_metric_and_reports_every_cost() -> None:
     space = _FakeSpace()
-    cfg = RewardConfig(alpha=[0.0, -1.0], p_base=[1.0, 2.0])
-    ops = {0: "a", 1: "b", 2: "c"}
-    arch_of = lambda path: [ops[k] for k in path["normal"].tolist()]  # noqa: E731
-    reward_fn = make_reward_fn(arch_of, space.params_millions, cfg, stage=1, flops_fn=len)
-    reward, params_m, flops_m = reward_fn({"normal": torch.tensor([2, 1])}, 0.8)
-    assert params_m == pytest.approx(1.0 + 1.0 + 0.5) and flops_m == 2  # flops_fn gets the architecture too
-    assert reward == pytest.approx(0.8 * (2.5 / 2.0) ** -1.0)
-    unpenalised = make_reward_fn(arch_of, space.params_millions, cfg, stage=0, flops_fn=len)
-    assert unpenalised({"normal": torch.tensor([2, 1])}, 0.8) == (pytest.approx(0.8), pytest.approx(2.5), 2)
+    cfg = RewardConfig(metric=["params", "flops"], alpha=[0.0, -1.0], p_base=[1.0, 2.0])
+    costs = {"params": space.params_millions, "flops": len}
+    arch = ["c", "b"]
+    reward, values = make_reward_fn(cfg, stage=1, costs=costs)(arch, 0.8)
+    assert values == {"params": pytest.approx(2.5), "flops": 2}  # every cost gets the architecture
+    assert reward == pytest.approx(0.8 * (2 / 2.0) ** -1.0)  # stage 2 charges FLOPs
+    unpenalised = make_reward_fn(cfg, stage=0, costs=costs)
+    assert unpenalised(arch, 0.8)[0] == pytest.approx(0.8)
+
+
+def test_hard_mode_is_free_under_the_budget_and_penalised_past_it() -> None:
+    cfg = RewardConfig(metric=["params"], mode="hard", alpha=[-0.5], beta=[-1.0], p_base=[2.0])
+    reward_fn = make_reward_fn(cfg, 0, {"params": float})
+    assert reward_fn(1.5, 0.9)[0] == pytest.approx(0.9)  # alpha is ignored: MnasNet's hard form has alpha = 0
+    assert reward_fn(2.0, 0.9)[0] == pytest.approx(0.9)
+    assert reward_fn(4.0, 0.9)[0] == pytest.approx(0.9 * (4.0 / 2.0) ** -1.0)
 
 
 def test_edge_sampling_charges_the_genotype_derived_from_the_path() -> None:
@@ -70,6 +77,11 @@ def test_edge_sampling_charges_the_genotype_derived_from_the_path() -> None:
     ({"p_base": [1.0]}, "reward.p_base has 1 values but the search has 3 stages"),
     ({"alpha": [-0.45, 0.25, -0.2]}, "reward.alpha values must be <= 0"),
     ({"p_base": [6.4, 0.0, 4.4]}, "reward.p_base values must be > 0"),
+    ({"metric": ["params", "macs", "params"]}, "reward.metric values must be params, flops, latency"),
+    ({"mode": "strict"}, "reward.mode is 'strict'"),
+    ({"beta": [-1.0, 0.0, -1.0]}, "reward.beta values must be < 0"),
+    ({"metric": ["params", "latency", "params"]}, "reward.metric latency needs reward.latency_table"),
+    ({"latency_table": "/nonexistent/table.json"}, "cannot read the latency table"),
 ])
 def test_config_validation(change: dict, message: str) -> None:
     RewardConfig(alpha=[-0.45, -0.25, -0.2], p_base=[6.4, 5.4, 4.4]).validate(3)
