@@ -1,0 +1,257 @@
+"""nas-sweep: spec expansion and checks, a real 4-trial sweep on a local Ray (2 at a time), its table and HParams,
+`nas-report SWEEP_DIR`, a driver killed mid-sweep and rerun, and the install hint without Ray."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from nas import report, sweep
+from nas.errors import UserError
+from nas.sweep_spec import load_spec
+from nas.sweep_trial import DONE, read_state
+
+# The quick digits REINFORCE search cut to a few weight steps per stage (100 training images, batch 96).
+TINY = {"model.C": 4, "stages.layers": [3, 3, 3], "stages.epochs": [1, 1, 1], "stages.warmup_epochs": [0, 0, 0],
+        "reinforce.samples_per_update": 2, "data.batch_size": 96, "data.limit": 200, "run.draw": False}
+ALPHAS = [[0.0, 0.0, 0.0], [-0.5, -0.5, -0.5]]
+BASE = str(ROOT / "experiments" / "quick_digits_reinforce.yaml")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def write_spec(path: Path, **changes) -> Path:
+    spec = {"base": BASE, "set": TINY, "grid": {"reward.alpha": ALPHAS}, "seeds": [0, 1], **changes}
+    path.write_text(yaml.safe_dump({k: v for k, v in spec.items() if v is not None}))
+    return path
+
+
+def sweep_command(spec: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "nas.sweep", str(spec), "--run-dir", str(run_dir), "--parallel", "2"]
+
+
+def trial_dirs(run_dir: Path) -> list[Path]:
+    return [run_dir / t["name"] for t in json.loads((run_dir / "sweep.json").read_text())["trials"]]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A tiny 4-trial sweep (2 alphas x 2 seeds), 2 at a time, run to its end by the nas-sweep command."""
+    root = tmp_path_factory.mktemp("sweep")
+    done = subprocess.run(sweep_command(write_spec(root / "spec.yaml"), root / "sweep"), cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return root / "sweep"
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid` (the driver and all it started: Ray, its workers, their trials), as a
+    crash of the driver's machine would, until none is left."""
+    while True:
+        members = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, pgrp, session, ...
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                members.append(int(stat.parent.name))
+        if not members:
+            return
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
+def _checkpointed(trial_dir: Path) -> bool:
+    return (trial_dir / "search" / "checkpoint.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
+    """The same sweep, its driver and everything it started SIGKILLed once one trial is done and another is part-way
+    with a checkpoint, then the same command again; returns the directory and the trial states at the kill."""
+    root = tmp_path_factory.mktemp("crash")
+    command = sweep_command(write_spec(root / "spec.yaml"), root / "sweep")
+    with open(root / "driver.log", "w") as log:
+        driver = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    deadline = time.time() + 400
+    while True:
+        assert driver.poll() is None, "the sweep ended before it could be killed: " + (root / "driver.log").read_text()
+        assert time.time() < deadline, "no trial finished while another was part-way"
+        dirs = trial_dirs(root / "sweep") if (root / "sweep" / "sweep.json").is_file() else []
+        states = {d.name: read_state(d) for d in dirs}
+        part_way = [d for d in dirs if states[d.name]["status"] != DONE and _checkpointed(d)]
+        if part_way and any(s["status"] == DONE for s in states.values()):
+            kill_session(driver.pid)
+            break
+        time.sleep(0.05)
+    driver.wait()
+    at_kill = {d.name: {**read_state(d), "checkpointed": _checkpointed(d)} for d in dirs}
+    rerun = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    return root / "sweep", at_kill
+
+
+def rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "sweep.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_sweep_writes_every_trial_as_a_run_directory_and_the_table(finished: Path) -> None:
+    dirs = trial_dirs(finished)
+    assert len(dirs) == 4
+    expected = [(alpha, seed) for alpha in ALPHAS for seed in (0, 1)]
+    for trial_dir, (alpha, seed) in zip(dirs, expected):
+        run = trial_dir / "search"
+        for name in ("genotype.json", "config.yaml", "report.md", "search.log"):
+            assert (run / name).is_file(), f"{run} lacks {name}"
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["reward"]["alpha"] == alpha and config["run"]["seed"] == seed
+        assert config["model"]["C"] == 4  # the spec's fixed `set`
+    table = rows(finished)
+    assert [(json.loads(r["reward.alpha"]), int(r["seed"])) for r in table] == expected
+    for row, trial_dir in zip(table, dirs):
+        record = json.loads((trial_dir / "search" / "genotype.json").read_text())
+        assert row["status"] == DONE and row["genotype"] == record["genotype_str"]
+        assert float(row["params_M"]) == record["metrics"]["params_M"]
+        assert float(row["flops_M"]) == record["metrics"]["flops_M"] > 0
+        assert float(row["argmax_acc"]) == record["search"]["stages"][-1]["argmax_acc"]
+    markdown = (finished / "sweep.md").read_text()
+    assert all(f"| {d.name} |" in markdown for d in dirs)
+    assert (finished / "report" / "sweep_params_acc.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_at_most_the_parallel_count_of_trials_run_at_once(finished: Path) -> None:
+    spans = [(a["started"], a["ended"]) for d in trial_dirs(finished) for a in read_state(d)["attempts"]]
+    overlap = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
+    assert overlap == 2
+
+
+def test_hparams_summaries_are_readable_by_tensorboard(finished: Path) -> None:
+    for trial_dir, row in zip(trial_dirs(finished), rows(finished)):
+        events = EventAccumulator(str(trial_dir / "hparams"))
+        events.Reload()
+        content = events.PluginTagToContent("hparams")
+        session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        hparams = session.session_start_info.hparams
+        assert json.loads(hparams["reward.alpha"].string_value) == json.loads(row["reward.alpha"])
+        assert hparams["seed"].number_value == int(row["seed"])
+        assert events.Scalars("sweep/params_M")[0].value == pytest.approx(float(row["params_M"]))
+
+
+def test_nas_report_rewrites_a_sweeps_table_and_plot(finished: Path, capsys) -> None:
+    before = (finished / "sweep.csv").read_text()
+    for name in ("sweep.csv", "sweep.md", "report/sweep_params_acc.png"):
+        (finished / name).unlink()
+    report.main([str(finished)])
+    assert capsys.readouterr().out.strip() == str(finished / "sweep.md")
+    assert (finished / "sweep.csv").read_text() == before
+    assert (finished / "report" / "sweep_params_acc.png").is_file()
+
+
+def test_a_killed_sweep_reruns_to_completion_without_running_a_trial_twice(crashed, finished: Path) -> None:
+    run_dir, at_kill = crashed
+    finished_before = [name for name, s in at_kill.items() if s["status"] == DONE]
+    part_way = [name for name, s in at_kill.items() if s["status"] != DONE and s["checkpointed"]]
+    assert finished_before and part_way
+    for trial_dir in trial_dirs(run_dir):
+        state = read_state(trial_dir)
+        assert state["status"] == DONE and (trial_dir / "search" / "genotype.json").is_file()
+        modes = [a["mode"] for a in state["attempts"]]
+        if trial_dir.name in finished_before:  # skipped by the rerun
+            assert state["attempts"] == at_kill[trial_dir.name]["attempts"]
+        elif trial_dir.name in part_way:  # continued from its checkpoint, not started again
+            assert modes == ["fresh", "resume"]
+        else:  # not started, or killed before its first checkpoint: nothing to resume from
+            assert modes[-1] == "fresh" and "resume" not in modes
+    # Nothing was lost: every trial found what the uninterrupted sweep found.
+    assert [(r["trial"], r["genotype"], r["params_M"]) for r in rows(run_dir)] == \
+           [(r["trial"], r["genotype"], r["params_M"]) for r in rows(finished)]
+
+
+def test_a_different_spec_in_a_used_sweep_directory_is_refused(finished: Path, tmp_path: Path, capsys) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", seeds=[0, 1, 2])
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main([str(spec), "--run-dir", str(finished)])
+    assert exit_info.value.code == 2
+    assert "holds a different sweep" in capsys.readouterr().err
+
+
+def test_without_ray_nas_sweep_says_in_one_line_how_to_install_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main([str(write_spec(tmp_path / "spec.yaml")), "--run-dir", str(tmp_path / "sweep")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "pip install -e '.[sweep]'" in err
+    assert not (tmp_path / "sweep").exists()
+
+
+BAD_SPECS = {
+    "unknown spec key": ({"grids": {}}, "unknown key 'grids'"),
+    "unknown config key": ({"grid": {"reward.alfa": [[0.0, 0.0, 0.0]]}}, "reward.alfa"),
+    "a value the config refuses": ({"grid": {"reward.alpha": [[0.0, 0.0]]}}, "reward.alpha"),
+    "the seed in the grid": ({"grid": {"run.seed": [1, 2]}}, "list the seeds there"),
+    "an empty grid list": ({"grid": {"reward.alpha": []}}, "non-empty list"),
+    "a bad distribution": ({"random": {"keys": {"optim.lr": {"uniform": [0.1, 0.01]}}}}, "lo < hi"),
+    "repeated seeds": ({"seeds": [1, 1]}, "distinct integers"),
+    "a missing base": ({"base": "nowhere.yaml"}, "not found"),
+    "a probe of an eval sweep": ({"kind": "eval", "genotype": "PDARTS", "set": None, "grid": None,
+                                  "probe": {"config": BASE}}, "an eval sweep has none"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SPECS, ids=list(BAD_SPECS))
+def test_a_bad_spec_is_a_one_line_error_before_anything_starts(case: str, tmp_path: Path, capsys) -> None:
+    changes, message = BAD_SPECS[case]
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main([str(write_spec(tmp_path / "spec.yaml", **changes)), "--run-dir", str(tmp_path / "sweep")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert message in err
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_trials_are_the_grid_times_random_draws_times_seeds(tmp_path: Path) -> None:
+    random_keys = {"optim.lr": {"loguniform": [0.01, 0.1]}, "reinforce.behaviour": {"choice": ["uniform",
+                                                                                              "multinomial"]}}
+    path = write_spec(tmp_path / "spec.yaml", random={"samples": 3, "seed": 7, "keys": random_keys}, seeds=[0, 5])
+    spec = load_spec(path)
+    assert len(spec.trials) == 3 * len(ALPHAS) * 2
+    assert spec.varied == ["reward.alpha", "optim.lr", "reinforce.behaviour"]
+    assert len({t.name for t in spec.trials}) == len(spec.trials)
+    for first, second in zip(spec.trials[::2], spec.trials[1::2]):  # each configuration once per seed
+        assert first.params == second.params and (first.seed, second.seed) == (0, 5)
+    assert all(0.01 <= t.params["optim.lr"] <= 0.1 for t in spec.trials)
+    assert len({t.params["optim.lr"] for t in spec.trials}) == 3 * len(ALPHAS)  # a fresh draw per grid point
+    assert [t.to_dict() for t in load_spec(path).trials] == [t.to_dict() for t in spec.trials]  # a rerun agrees
+    assert spec.trials[0].overrides[-1] == "run.seed=0"
+
+
+def test_the_machine_is_split_between_the_parallel_trials() -> None:
+    assert sweep.plan(2, 0, 2, {}) == sweep.Plan(2, 1, 0)
+    assert sweep.plan(16, 4, None, {}) == sweep.Plan(4, 4, 1)  # one trial per GPU by default
+    assert sweep.plan(16, 2, 4, {}) == sweep.Plan(4, 4, 0.5)  # two trials share a GPU
+    assert sweep.plan(8, 0, None, {"num_cpus": 2}).threads == 2
+    with pytest.raises(UserError, match="asks for"):
+        sweep.plan(2, 0, 1, {"num_gpus": 1})
+
+
+def test_the_worked_example_is_a_valid_spec() -> None:
+    spec = load_spec(ROOT / "experiments" / "sweep_alpha_digits.yaml")
+    assert spec.varied == ["reward.alpha"] and spec.seeds == [0, 1] and len(spec.trials) == 6
+    assert spec.probe is not None and Path(spec.probe.config).name == "eval_digits_smoke.yaml"
