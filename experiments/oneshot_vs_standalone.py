@@ -211,6 +211,9 @@ def run_repeat(args: argparse.Namespace, cfgs: tuple[TrainConfig, TrainConfig], 
           for c in choices}
     subnets = [{**entry, "oneshot_acc": oneshot.curves[c][-1], "kl": kl[c], "oneshot_curve": oneshot.curves[c]}
                for c, entry in zip(choices, standalone or train_subnets(args, cfg, ops, choices, seed, data))]
+    if data["recal"]:  # the final scores also with the running statistics training left, to see what recal changed
+        running = score_subnets(supernet, choices, data["test_batches"])
+        subnets = [{**s, "oneshot_acc_running": running[c]} for c, s in zip(choices, subnets)]
     run = {"seed": seed, "subnets": subnets, **_correlations(subnets)}
     if args.warm_start:
         run["warm_start"] = warm_start_repeat(args, cfgs, ops, choices, seed, data, oneshot, subnets)
@@ -274,8 +277,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for k, first in enumerate(runs[0]["subnets"]):
         entry: dict[str, Any] = {"choice": first["choice"], "ops": first["ops"], "params": first["params"],
                                  "flops_M": first["flops_M"]}
-        for key in ("oneshot_acc", "standalone_acc", "kl"):
-            entry[key], entry[f"{key}_std"] = _mean_std([run["subnets"][k][key] for run in runs])
+        for key in ("oneshot_acc", "oneshot_acc_running", "standalone_acc", "kl"):
+            if key in first:
+                entry[key], entry[f"{key}_std"] = _mean_std([run["subnets"][k][key] for run in runs])
         subnets.append(entry)
     repeats: dict[str, Any] = {"runs": runs}
     for key in ("kendall_tau", "spearman_rho", "kl_spearman_rho"):
@@ -298,14 +302,15 @@ def _ranks(values: Sequence[float]) -> list[int]:
 
 
 def by_first_op(subnets: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per op of the first block: mean one-shot and stand-alone top-1, and the mean rank shift (one-shot rank
-    minus stand-alone rank among all studied subnets; positive means one-shot ranks them too low)."""
+    """Per op of the first block: mean one-shot (also with the running BatchNorm statistics, when recalibrated) and
+    stand-alone top-1, and the mean rank shift (one-shot rank minus stand-alone rank among all studied subnets;
+    positive means one-shot ranks them too low)."""
     shift = np.subtract(_ranks([s["oneshot_acc"] for s in subnets]), _ranks([s["standalone_acc"] for s in subnets]))
     groups: dict[str, list[int]] = {}
     for k, s in enumerate(subnets):
         groups.setdefault(s["ops"][0], []).append(k)
-    return {op: {"subnets": len(ks), "oneshot_acc": float(np.mean([subnets[k]["oneshot_acc"] for k in ks])),
-                 "standalone_acc": float(np.mean([subnets[k]["standalone_acc"] for k in ks])),
+    keys = [key for key in ("oneshot_acc", "oneshot_acc_running", "standalone_acc") if key in subnets[0]]
+    return {op: {"subnets": len(ks), **{key: float(np.mean([subnets[k][key] for k in ks])) for key in keys},
                  "rank_shift": float(shift[ks].mean())} for op, ks in groups.items()}
 
 
@@ -360,7 +365,8 @@ def format_table(summary: dict[str, Any], n_repeats: int) -> str:
                  f"{_pm(rep['spearman_rho_to_seed_mean_mean'], rep['spearman_rho_to_seed_mean_std'])}"]
     rows.append("by first op (rank shift = one-shot rank - stand-alone rank; > 0: one-shot ranks them too low):")
     for op, g in summary["by_first_op"].items():
-        rows.append(f"  {op:<14} {g['subnets']:>2} subnets: one-shot {g['oneshot_acc']:.2f}, stand-alone "
+        running = f" (running BN statistics {g['oneshot_acc_running']:.2f})" if "oneshot_acc_running" in g else ""
+        rows.append(f"  {op:<14} {g['subnets']:>2} subnets: one-shot {g['oneshot_acc']:.2f}{running}, stand-alone "
                     f"{g['standalone_acc']:.2f}, rank shift {g['rank_shift']:+.1f}")
     return "\n".join(rows)
 

@@ -200,6 +200,10 @@ def test_standalone_from_reuses_the_standalone_results_and_checks_the_setup(tmp_
     assert alone[0] == alone[1]
     assert all(len(s["oneshot_curve"]) == 2 for s in again["repeats"]["runs"][0]["subnets"])
     assert set(again["by_first_op"]) == {"conv_3x3", "conv_5x5"}
+    # with recalibration the final one-shot scores are also kept with the running statistics, for comparison
+    assert all(0 <= s["oneshot_acc_running"] <= 100 for s in again["repeats"]["runs"][0]["subnets"])
+    assert "oneshot_acc_running" in again["by_first_op"]["conv_3x3"]
+    assert "oneshot_acc_running" not in first["subnets"][0]
     with pytest.raises(UserError, match="head_hidden"):
         script.main([*TINY, "--standalone-from", str(tmp_path / "a" / "results.json"), "--out", str(tmp_path / "c")])
 
