@@ -33,6 +33,19 @@ ENGINE_TAGS: dict[str, str] = {
     "stage{s}/lr/arch": "learning rate of the architecture optimizer",
     "stage{s}/arch/entropy": "mean entropy of the per-edge op distributions (nats); ln(ops) is undecided, "
                              "a fast fall to 0 is an early commitment",
+    "stage{s}/{cell}/dominance/share/{op}": "share of the cell's edges whose most probable op is {op}; one op near 1 "
+                                            "is rich-get-richer (the log warns at 0.8)",
+    "stage{s}/{cell}/dominance/entropy": "entropy (nats) of those shares: 0 when one op is the argmax of every edge",
+    "stage{s}/{cell}/dominance/commit/edge_{e}": "commitment step of the edge: the weight step since which its most "
+                                                 "probable op has not changed (end of stage, at the logging "
+                                                 "interval); early steps on every edge are an early commitment",
+}
+# Written by searches whose controller scores samples (REINFORCE), at every stage's end (nas/selection.py).
+SAMPLE_TAGS: dict[str, str] = {
+    "stage{s}/select/top10_reward": "SBO check: mean reward of the top 10 distinct sampled architectures, rescored "
+                                    "on the whole architecture half with the stage's final supernet",
+    "stage{s}/select/argmax_reward": "SBO check: reward of the most probable architecture, scored the same way; "
+                                     "below top10_reward means the policy's mode is not its best find",
 }
 ENGINE_TEXT_TAGS: dict[str, str] = {
     "stage{s}/genotype": "the architecture derived at the end of the stage",
@@ -65,7 +78,8 @@ def _plugin_tags() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
 
 
 _PLUGIN_SCALARS, _PLUGIN_TEXTS, _WRITERS = _plugin_tags()
-TAG_KINDS: dict[str, dict[str, str]] = {"scalar": {**ENGINE_TAGS, **_PLUGIN_SCALARS},
+_WRITERS.update({template: "searches whose controller scores samples" for template in SAMPLE_TAGS})
+TAG_KINDS: dict[str, dict[str, str]] = {"scalar": {**ENGINE_TAGS, **SAMPLE_TAGS, **_PLUGIN_SCALARS},
                                         "text": {**ENGINE_TEXT_TAGS, **_PLUGIN_TEXTS}, "image": IMAGE_TAGS}
 
 
@@ -131,6 +145,20 @@ class Monitor:
                 for op, value in zip(ops, row):
                     self.scalar("stage{s}/{cell}/prob/edge_{e}/{op}", value, step, s=stage, cell=cell, e=edge,
                                 op=op)
+
+    def dominance(self, stage: int, summary: dict[str, dict[str, Any]], step: int) -> None:
+        """Per cell, each op's share of the argmax edges and the entropy of the shares (nas/dominance.py)."""
+        for cell, s in summary.items():
+            for op, share in s["share"].items():
+                self.scalar("stage{s}/{cell}/dominance/share/{op}", share, step, s=stage, cell=cell, op=op)
+            self.scalar("stage{s}/{cell}/dominance/entropy", s["entropy"], step, s=stage, cell=cell)
+
+    def commit_steps(self, stage: int, commits: dict[str, list[int]], step: int) -> None:
+        """Per cell and edge, the step since which the edge's argmax has not changed."""
+        for cell, steps in commits.items():
+            for e, value in enumerate(steps):
+                self.scalar("stage{s}/{cell}/dominance/commit/edge_{e}", value, step, s=stage, cell=cell,
+                            e=edge_field(e))
 
     def stage_scalars(self, stage: int, values: dict[str, float], step: int, prefix: str = "") -> None:
         """Log `values` as stage{s}/{prefix}{key}; each resulting template must be documented."""

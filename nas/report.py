@@ -183,6 +183,9 @@ def _stage_table(stages: list[Stage]) -> list[str]:
     reinforce = any("argmin_acc" in s for s in stages)
     if reinforce:
         columns += ["argmax acc (%)", "argmin acc (%)", "best recent reward", "best recent acc (%)"]
+    sbo = any("sbo" in s for s in stages)
+    if sbo:
+        columns += ["SBO: top-10 reward", "SBO: argmax reward"]
     lines = [_row(columns), _row(["---"] * len(columns))]
     for s in stages:
         cells = [s["stage"], s.get("layers", "-"), s.get("epochs", "-"),
@@ -191,27 +194,62 @@ def _stage_table(stages: list[Stage]) -> list[str]:
         if reinforce:
             cells += [_fmt(s.get("argmax_acc")), _fmt(s.get("argmin_acc")),
                       _fmt((s.get("best_recent") or {}).get("reward"), ".3f"), _fmt(s.get("best_recent_acc"))]
+        if sbo:
+            check = s.get("sbo") or {}
+            cells += [_fmt(check.get("top10_reward"), ".4f"), _fmt(check.get("argmax_reward"), ".4f")]
         lines.append(_row(cells))
     return lines
 
 
-def _markdown(run_dir: Path, stages: list[Stage], finished: bool, params_m: float,
+def _dominance_table(stage: Stage) -> list[str]:
+    """Per cell: the op that is the argmax of most edges, its share, the entropy of the shares, commitment steps."""
+    lines = [_row(["cell", "top op", "its share of edges", "share entropy (nats)", "commitment steps per edge"]),
+             _row(["---"] * 5)]
+    for cell, d in stage["dominance"].items():
+        lines.append(_row([cell, d["top_op"], f"{100 * d['top_share']:.0f}%", f"{d['entropy']:.3f}",
+                           " ".join(str(step) for step in d["commit_step"])]))
+    return lines
+
+
+def _selection_lines(selection: dict[str, Any]) -> list[str]:
+    """Which rule picked the output, and every candidate with its scores."""
+    picked = selection["picked"]
+    lines = ["", f"## Final selection: `search.select: {selection['rule']}`", "",
+             f"Output: `{picked['genotype']}` (picked by {picked['source']}).", ""]
+    keys = [k for k in ("sampled_reward_max", "times_sampled", "val_acc", "val_reward", "params", "flops", "latency",
+                        "probe_acc") if any(k in c for c in [selection["argmax"], *selection["candidates"]])]
+    lines += [_row(["candidate", *keys, "genotype"]), _row(["---"] * (len(keys) + 2))]
+    named = [("argmax", selection["argmax"]), *((f"sample {i + 1}", c) for i, c in enumerate(selection["candidates"]))]
+    if "vote" in selection:
+        named.append(("vote", selection["vote"]))
+    for name, c in named:
+        lines.append(_row([name, *(c.get(k, "-") for k in keys), f"`{c['genotype']}`"]))
+    return lines
+
+
+def _markdown(run_dir: Path, stages: list[Stage], record: dict[str, Any] | None, params_m: float,
               figures: dict[int, list[Path]], have_events: bool) -> str:
     last = stages[-1]
-    what = "Final genotype" if finished else f"Genotype after stage {last['stage']} (the search is unfinished)"
+    what = "Final genotype" if record else f"Genotype after stage {last['stage']} (the search is unfinished)"
+    shown = (record or {}).get("genotype_str", last["genotype_str"])
     lines = [f"# Search report: {run_dir.name}", "",
              f"{what}, {params_m:.3f}M parameters at eval scale (`metrics.params_M`):", "",
-             f"    {last['genotype_str']}", "", *_stage_table(stages)]
+             f"    {shown}", "", *_stage_table(stages)]
     by_skip = last.get("genotypes_by_max_skip")
     if by_skip:
         lines += ["", "The final genotype for every limit M on skip_connects in the normal cell (P-DARTS reports "
                   "them all; the search used `model.max_skip`):", "", _row(["M", "genotype"]), _row(["---", "---"])]
         lines += [_row([m, "-" if g is None else f"`{g}`"]) for m, g in by_skip.items()]
+    selection = ((record or {}).get("search") or {}).get("selection")
+    if selection:
+        lines += _selection_lines(selection)
     if not have_events:
         lines += ["", "No TensorBoard events under `tb/`: the convergence figures are left out."]
     for s in stages:
         n = s["stage"]
         lines += ["", f"## Stage {n}", "", f"Derived genotype: `{s['genotype_str']}`", ""]
+        if "dominance" in s:
+            lines += ["Dominance at the end of the stage (the argmax op of every edge):", "", *_dominance_table(s), ""]
         lines += [f"![{p.stem}]({p.relative_to(run_dir).as_posix()})" for p in figures[n]]
         drawings = [run_dir / "stages" / f"stage{n}" / f"{cell}.png" for cell in CELLS]
         lines += [f"![stage {n} {p.stem} cell]({p.relative_to(run_dir).as_posix()})" for p in drawings if p.is_file()]
@@ -237,7 +275,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     params_m = stages[-1]["params_M"] if record is None else record.get("metrics", {}).get("params_M",
                                                                                           stages[-1]["params_M"])
     report = run_dir / REPORT
-    report.write_text(_markdown(run_dir, stages, record is not None, params_m, figures, bool(scalars.names)),
+    report.write_text(_markdown(run_dir, stages, record, params_m, figures, bool(scalars.names)),
                       encoding="utf-8")
     return report
 

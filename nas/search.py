@@ -26,11 +26,13 @@ from nas.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_eve
 from nas.data import search_loaders, shard_positions
 from nas.device import resolve_device
 from nas.distributed import all_sum, average_gradients, broadcast_buffers, gather_objects, world
+from nas.dominance import DominanceTracker, warning_line
 from nas.errors import UserError
 from nas.genotype import make_record, read_record, write_record
 from nas.monitor import Monitor
 from nas.report import write_report
 from nas.search_config import SearchConfig
+from nas.selection import distinct_samples, final_choice, probe_accuracy, rescore, stage_candidates, vote
 from search_spaces.registry import space_class
 
 log = logging.getLogger("nas.search")
@@ -80,6 +82,7 @@ class Progress:
     stages: list[dict[str, Any]] = field(default_factory=list)
     sums: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "correct": 0.0, "count": 0.0})
     summary: dict[str, float] = field(default_factory=dict)  # the stage's last epoch summary
+    dominance: dict[str, Any] = field(default_factory=dict)  # the stage's DominanceTracker state
 
 
 class StageRunner:
@@ -172,7 +175,7 @@ class StageRunner:
             p.step += 1
             p.global_step += 1
             if p.global_step % self.cfg.run.log_every == 0:
-                search.monitor.arch(self.stage + 1, self.controller.probs(), p.kept_ops, p.global_step)
+                search.log_arch(self.stage, self.controller.probs())
             if self.cfg.run.checkpoint_every and p.global_step % self.cfg.run.checkpoint_every == 0:
                 search.checkpoint(self)
 
@@ -184,6 +187,8 @@ class StageRunner:
             search.log_arch_metrics(self.stage, metrics)
             p.step += 1
             p.global_step += 1
+            if p.global_step % self.cfg.run.log_every == 0:
+                search.log_arch(self.stage, self.controller.probs())
             if self.cfg.run.checkpoint_every and p.global_step % self.cfg.run.checkpoint_every == 0:
                 search.checkpoint(self)
 
@@ -257,6 +262,7 @@ class Search:
         self.val_eval_loader = DataLoader(torch.utils.data.Subset(data.dataset, [val_indices[i] for i in shard]),
                                           batch_size=eval_batch // self.dist.world_size)
         self.space = space_class(cfg.space).from_config(cfg.space_sections, data)
+        self.data = data
         self.only_stage = only_stage
         self.stage_state: dict[str, Any] | None = None
         self.progress = Progress(kept_ops=self.space.initial_kept_ops())
@@ -302,6 +308,61 @@ class Search:
         """A controller's scalars, keyed by tag suffix (stage{s}/<key>)."""
         self.monitor.stage_scalars(stage + 1, metrics, self.progress.global_step)
 
+    def log_arch(self, stage: int, probs: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+        """The op probabilities and the dominance diagnostics now; warns once per stage and cell when one op is
+        the argmax of WARN_SHARE of the edges or more."""
+        p = self.progress
+        self.monitor.arch(stage + 1, probs, p.kept_ops, p.global_step)
+        tracker = DominanceTracker(p.dominance)
+        p.dominance = tracker.state
+        summary = tracker.update(probs, p.kept_ops, p.global_step)
+        self.monitor.dominance(stage + 1, summary, p.global_step)
+        for group in tracker.new_warnings(summary):
+            log.warning(warning_line(stage + 1, group, summary[group], self.cfg.controller))
+        return summary
+
+    def _dominance_entry(self, stage: int, probs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The stage's dominance record per cell: op shares, their entropy, the top op, commitment steps."""
+        summary = self.log_arch(stage, probs)
+        commits = DominanceTracker(self.progress.dominance).commit_steps()
+        self.monitor.commit_steps(stage + 1, commits, self.progress.global_step)
+        return {group: {"share": {op: round(v, 4) for op, v in s["share"].items()}, "entropy": round(s["entropy"], 4),
+                        "top_op": s["top_op"], "top_share": round(s["top_share"], 4), "commit_step": commits[group]}
+                for group, s in summary.items()}
+
+    def _select_entries(self, runner: StageRunner, arch: Any, last: bool) -> dict[str, Any]:
+        """The stage's rescored top samples and argmax, the SBO check, and (final stage, vote) the voted
+        architecture; nothing for controllers that keep no scored samples."""
+        controller, space, kept = runner.controller, self.space, self.progress.kept_ops
+        if not controller.scores_samples or not controller.scored_samples():
+            return {}
+        candidates, check = stage_candidates(controller, space, kept, arch, runner.evaluate, self.cfg.search.top_k)
+        sbo = check["sbo"]
+        self.monitor.stage_scalars(runner.stage + 1, {"select/top10_reward": sbo["top10_reward"],
+                                                      "select/argmax_reward": sbo["argmax_reward"]},
+                                   self.progress.global_step)
+        log.info("stage %d SBO check: mean reward of the top %d samples %.4f, argmax architecture %.4f",
+                 runner.stage + 1, sbo["samples"], sbo["top10_reward"], sbo["argmax_reward"])
+        entries = {"candidates": candidates, "argmax_rescored": check["argmax"], "sbo": sbo}
+        if last and self.cfg.search.select == "vote":
+            top = distinct_samples(controller, space, kept)[:self.cfg.search.top_k]
+            voted = controller.path_architecture(space, kept, vote([c["path"] for c in top], space.cell_layout(kept)))
+            entries["vote"] = {"genotype": space.format_arch(voted), "record": space.arch_to_record(voted),
+                               **rescore(voted, controller, space, kept, runner.evaluate)}
+        return entries
+
+    def _probe(self, candidate: dict[str, Any]) -> float:
+        """Validation top-1 (%) of a candidate trained from scratch (search.probe_*), on one process."""
+        def subset(loader: DataLoader) -> torch.utils.data.Dataset:
+            return torch.utils.data.Subset(self.data.dataset, list(loader.sampler.indices))
+
+        arch = self.space.arch_from_record(candidate["record"])
+        acc = probe_accuracy(self.space, arch, self.data, subset(self.train_loader), subset(self.val_loader),
+                             self.cfg.data.batch_size, self.cfg.search, self.device, self.cfg.run.seed)
+        log.info("probe: %s -> %.2f%% validation top-1 after %d epochs", candidate["genotype"], acc,
+                 self.cfg.search.probe_epochs)
+        return acc
+
     # ----- the stage loop -----
     def _finish_stage(self, runner: StageRunner, summary: dict[str, float]) -> None:
         p, stage, space, controller = self.progress, runner.stage, self.space, runner.controller
@@ -322,13 +383,15 @@ class Search:
             entry["genotypes_by_max_skip"] = {str(m): None if a is None else space.format_arch(a)
                                               for m, a in by_skip.items()}
         entry.update(controller.stage_entries(space, p.kept_ops, summary))
+        entry["dominance"] = self._dominance_entry(stage, probs)
+        entry.update(self._select_entries(runner, arch, last))
         for key, text in controller.stage_texts(entry).items():
             self.monitor.text(f"stage{{s}}/{key}", text, p.global_step, s=stage + 1)
         p.stages.append(entry)
         self.monitor.text("stage{s}/genotype", entry["genotype_str"], p.global_step, s=stage + 1)
         self._draw_stage(stage, arch)
         log.info("stage %d done: %s (%.3fM params at eval scale)", stage + 1, entry["genotype_str"], entry["params_M"])
-        p.kept_ops, p.stage, p.epoch, p.step, p.summary = kept_after, stage + 1, 0, 0, {}
+        p.kept_ops, p.stage, p.epoch, p.step, p.summary, p.dominance = kept_after, stage + 1, 0, 0, {}, {}
         elapsed = p.elapsed + (time.time() - self._started)
         stage_file = self.run_dir / "stages" / f"stage{stage + 1}.json"
         if self.dist.is_main:
@@ -362,15 +425,21 @@ class Search:
     def _final_record(self) -> dict[str, Any]:
         p = self.progress
         final = p.stages[-1]
+        selection = final_choice(final, self.cfg.search, self._probe)
+        picked = selection["picked"]
+        arch = self.space.arch_from_record(picked["record"])
+        if picked["genotype"] != final["genotype_str"]:
+            log.info("search.select=%s picked %s (%s) instead of the argmax", self.cfg.search.select,
+                     picked["genotype"], picked["source"])
         record = make_record(
-            final["genotype"], space=self.space.name, source=f"search {self.run_dir.name}",
+            picked["record"], space=self.space.name, source=f"search {self.run_dir.name}",
             search={"config": self.cfg.to_tree(), "seed": self.cfg.run.seed, "controller": self.cfg.controller,
                     "dataset": self.cfg.data.dataset, "stages": p.stages, "final_kept_ops": p.kept_ops,
-                    "genotypes_by_max_skip": final.get("genotypes_by_max_skip", {}),
+                    "genotypes_by_max_skip": final.get("genotypes_by_max_skip", {}), "selection": selection,
                     "wall_time_s": round(p.elapsed + (time.time() - self._started), 1)},
-            metrics={"params_M": final["params_M"],
-                     "flops_M": round(self.space.flops_millions(self.space.arch_from_record(final["genotype"])), 3)})
-        record["genotype_str"] = final["genotype_str"]
+            metrics={"params_M": round(self.space.params_millions(arch), 4),
+                     "flops_M": round(self.space.flops_millions(arch), 3)})
+        record["genotype_str"] = picked["genotype"]
         if self.dist.is_main:
             write_record(self.run_dir / "genotype.json", record)
             write_report(self.run_dir)

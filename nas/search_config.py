@@ -14,6 +14,8 @@ from controllers.registry import CONTROLLERS, controller_class
 from nas.config import RunConfigBase, SGDConfig, build_dataclass
 from nas.data import DataConfig
 from nas.errors import UserError
+from nas.selection import SelectConfig
+from search_spaces.base import SearchSpace
 from search_spaces.registry import SPACES, space_class
 
 
@@ -55,6 +57,7 @@ class SearchConfig:
     stages: StagesConfig = field(default_factory=StagesConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    search: SelectConfig = field(default_factory=SelectConfig)
     space_sections: dict[str, Any] = field(default_factory=dict, init=False)
     controller_sections: dict[str, Any] = field(default_factory=dict, init=False)
 
@@ -114,6 +117,8 @@ class SearchConfig:
         if self.run.checkpoint_every < 0 or self.run.log_every <= 0:
             raise UserError("run.checkpoint_every must be >= 0 and run.log_every positive")
         controller_cls.validate_config(self.controller_sections, self.num_stages)
+        trains = getattr(space_cls.eval_network, "__func__", None) is not SearchSpace.eval_network.__func__
+        self.search.validate(controller_cls.scores_samples, self.controller, trains)
 
     def _validate_stages(self, ops_per_edge: int) -> None:
         s = self.stages

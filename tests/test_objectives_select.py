@@ -1,0 +1,183 @@
+"""Issue 17 at tiny scale: every reward objective (params, FLOPs, latency; soft and hard), every final-selection rule
+(argmax, best_sampled, vote, probe) with the SBO check, the latency table (cache, device, scale), the per-decision
+vote, and the dominance diagnostics with the forced-dominance warning."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+from conftest import ROOT, TINY_SEARCH
+from test_monitor import written_tags
+
+import search
+from nas import latency
+from nas.arch_types import CellLayout
+from nas.errors import UserError
+from nas.genotype import read_record
+from nas.selection import SBO_TOP, vote
+
+QUICK_RL = str(ROOT / "experiments" / "quick_digits_reinforce.yaml")
+TINY_RL = [*TINY_SEARCH, "reinforce.samples_per_update=2", "reinforce.last_n=12"]
+EVAL_SCALE = {"C": 4, "layers": 3, "size": 8, "in_channels": 1, "num_classes": 10}  # digits, model.eval_C=4 ...
+SCALE_SET = ["model.eval_C=4", "model.eval_layers=3"]
+
+
+@pytest.fixture
+def table_path(tmp_path, monkeypatch):
+    """A latency table of the digits eval network at C=4, 3 cells, measured here (cached under tmp_path)."""
+    monkeypatch.setenv("PDARTS_NAS_CACHE", str(tmp_path / "cache"))
+    table = latency.build_table("darts", torch.device("cpu"), EVAL_SCALE, warmup=1, repeats=3)
+    return latency.write_table(tmp_path / "table.json", table)
+
+
+def _search(run_dir, *settings: str) -> dict:
+    assert search.main(["-c", QUICK_RL, "--run-dir", str(run_dir), "--set", *TINY_RL, *settings]) == 0
+    return read_record(run_dir / "genotype.json")
+
+
+def _expected_reward(candidate: dict, metric: str, mode: str, alpha: float, beta: float, base: float) -> float:
+    accuracy, cost = candidate["val_acc"] / 100, candidate[metric]
+    exponent = alpha if mode == "soft" else (0.0 if cost <= base else beta)
+    return accuracy * (cost / base) ** exponent
+
+
+def _check_stage_rewards(record: dict, metrics: list[str], mode: str, alpha: float, beta: float,
+                         bases: list[float]) -> None:
+    """Each stage rewards its own metric: every rescored candidate's reward follows the stage's formula."""
+    for stage, metric, base in zip(record["search"]["stages"], metrics, bases):
+        for candidate in [stage["argmax_rescored"], *stage["candidates"]]:
+            assert {"params", "flops"} <= set(candidate)
+            expected = _expected_reward(candidate, metric, mode, alpha, beta, base)
+            assert candidate["val_reward"] == pytest.approx(expected, rel=2e-3, abs=1e-5), (metric, candidate)
+        top = stage["candidates"][:SBO_TOP]
+        assert stage["sbo"]["top10_reward"] == pytest.approx(sum(c["val_reward"] for c in top) / len(top))
+        assert stage["sbo"]["argmax_reward"] == stage["argmax_rescored"]["val_reward"]
+
+
+def test_every_objective_soft_with_best_sampled(tmp_path, table_path) -> None:
+    """Stage 1 params, stage 2 FLOPs, stage 3 latency (soft); best_sampled outputs the top sampled reward."""
+    bases = [0.05, 1.0, 0.5]
+    record = _search(tmp_path / "soft", *SCALE_SET, "reward.metric=[params,flops,latency]",
+                     "reward.alpha=[-0.5,-0.5,-0.5]", f"reward.p_base={bases}", f"reward.latency_table={table_path}",
+                     "search.select=best_sampled")
+    _check_stage_rewards(record, ["params", "flops", "latency"], "soft", -0.5, -1.0, bases)
+    assert all("latency" in c for c in record["search"]["stages"][2]["candidates"])
+    selection = record["search"]["selection"]
+    best = max(selection["candidates"], key=lambda c: c["sampled_reward_max"])
+    assert selection["picked"]["genotype"] == best["genotype"] == record["genotype_str"]
+    assert selection["picked"]["by"] == "best_sampled"
+    scalars = written_tags(tmp_path / "soft")["scalar"]
+    assert {f"stage{s}/reinforce/latency_mean" for s in (1, 2, 3)} <= scalars
+    assert {f"stage{s}/select/{k}" for s in (1, 2, 3) for k in ("top10_reward", "argmax_reward")} <= scalars
+    report = (tmp_path / "soft" / "report.md").read_text()
+    assert "## Final selection: `search.select: best_sampled`" in report and "SBO: top-10 reward" in report
+
+
+def test_hard_budget_with_probe(tmp_path, table_path) -> None:
+    """Hard mode (budget m_base; exponent 0 under it, beta past it) on latency, params and FLOPs; probe trains the
+    argmax and the top-k candidates and outputs the best validation accuracy."""
+    bases = [1.0, 0.06, 1.2]
+    record = _search(tmp_path / "hard", *SCALE_SET, "reward.metric=[latency,params,flops]", "reward.mode=hard",
+                     "reward.beta=[-2.0,-2.0,-2.0]", f"reward.p_base={bases}", f"reward.latency_table={table_path}",
+                     "search.select=probe", "search.top_k=2", "search.probe_epochs=1", "search.probe_C=4",
+                     "search.probe_layers=3")
+    _check_stage_rewards(record, ["latency", "params", "flops"], "hard", 0.0, -2.0, bases)
+    selection = record["search"]["selection"]
+    pool = [selection["argmax"], *selection["candidates"][:2]]
+    assert all(0.0 <= c["probe_acc"] <= 100.0 for c in pool)
+    assert "probe_acc" not in selection["candidates"][2] if len(selection["candidates"]) > 2 else True
+    assert selection["picked"]["genotype"] == max(pool, key=lambda c: c["probe_acc"])["genotype"] == \
+        record["genotype_str"]
+
+
+def test_vote_picks_the_majority_genotype(tmp_path) -> None:
+    record = _search(tmp_path / "vote", "search.select=vote", "search.top_k=3", "stages.epochs=[1,1,1]",
+                     "stages.warmup_epochs=[0,0,0]")
+    selection, final = record["search"]["selection"], record["search"]["stages"][-1]
+    assert selection["picked"]["genotype"] == final["vote"]["genotype"] == record["genotype_str"]
+    assert selection["picked"]["source"] == "per-decision majority of the top 3 samples"
+
+
+@pytest.mark.parametrize("mode", ["reinforce", "gradient"])
+def test_dominance_in_record_tensorboard_and_report(mode, tiny_run) -> None:
+    run_dir = tiny_run(mode)
+    for stage in read_record(run_dir / "genotype.json")["search"]["stages"]:
+        for cell, d in stage["dominance"].items():
+            argmax = [ops[max(range(len(p)), key=p.__getitem__)]
+                      for ops, p in zip(stage["kept_ops"][cell], stage["probabilities"][cell])]
+            assert d["share"] == {op: pytest.approx(argmax.count(op) / 14, abs=1e-4) for op in set(argmax)}
+            assert d["entropy"] == pytest.approx(-sum(v * math.log(v) for v in d["share"].values()), abs=1e-3)
+            assert d["top_share"] == max(d["share"].values()) and len(d["commit_step"]) == 14
+    scalars = written_tags(run_dir)["scalar"]
+    assert "stage2/normal/dominance/entropy" in scalars and "stage3/reduce/dominance/commit/edge_13" in scalars
+    assert "| cell | top op | its share of edges |" in (run_dir / "report.md").read_text()
+
+
+def test_forced_dominance_warns_once(tmp_path, caplog) -> None:
+    """A high policy lr with a strong size penalty on [max_pool, sep_conv_5x5]: max_pool takes the normal cell."""
+    settings = ["stages.layers=[3]", "stages.epochs=[2]", "stages.warmup_epochs=[0]", "stages.keep=[1]",
+                "stages.skip_dropout=[0.0]", "reinforce.epsilon=[0.0]", "reward.alpha=[-4.0]", "reward.p_base=[1.0]",
+                "reward.metric=[params]", "reward.beta=[-1.0]", "reinforce.lr=0.5", "reinforce.behaviour=multinomial",
+                "reinforce.samples_per_update=32", "model.normal_ops=[none,max_pool_3x3,sep_conv_5x5]",
+                "model.reduce_ops=[none,max_pool_3x3,sep_conv_5x5]"]
+    with caplog.at_level(logging.WARNING, logger="nas.search"):
+        record = _search(tmp_path / "dominated", *settings)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "normal cell" in
+                r.getMessage()]
+    assert len(warnings) == 1  # once per stage and cell, however long the op keeps the cell
+    assert "max_pool_3x3 is the most probable op on" in warnings[0] and "reinforce.lr" in warnings[0]
+    assert record["search"]["stages"][0]["dominance"]["normal"]["top_share"] >= 0.8
+
+
+def test_vote_majorities_and_skip_limit() -> None:
+    """Per node the majority pair, per chosen edge the majority op among the paths that chose it, skips capped."""
+    layout = CellLayout(node_edges=[[0, 1], [2, 3, 4]], ops=[["skip_connect", "sep_conv_3x3"]] * 5, max_skip=1)
+    rows = [[0, 0, 1, -1, 0],   # best sample: node 1 reads inputs 0 and 2
+            [0, 1, -1, 1, 0],
+            [1, 1, 1, -1, 1],
+            [0, 1, 1, -1, 0]]
+    voted = vote([{"normal": torch.tensor(r)} for r in rows], {"normal": layout})["normal"].tolist()
+    # node 0: edge 0 skip (3 of 4) -> one skip used; edge 1 sep (3 of 4). node 1: pair (2, 4) in 3 of 4; edge 2 sep;
+    # edge 4 majority skip, but the cell's one skip is spent: its other op
+    assert voted == [0, 1, 1, -1, 1]
+    edges = vote([{"cell": torch.tensor([2, 0])}, {"cell": torch.tensor([2, 1])}, {"cell": torch.tensor([1, 1])}], None)
+    assert edges["cell"].tolist() == [2, 1]
+
+
+def test_latency_table_cache_device_and_scale(tmp_path, table_path, monkeypatch) -> None:
+    table = latency.load_table(table_path)
+    assert table.device == latency.device_name(torch.device("cpu")) and all(v > 0 for v in table.entries.values())
+    monkeypatch.setattr(latency, "time_module", lambda *a, **k: pytest.fail("a cached table was timed again"))
+    again = latency.build_table("darts", torch.device("cpu"), EVAL_SCALE, warmup=1, repeats=3)
+    assert again.entries == table.entries
+    with pytest.raises(UserError, match="at another eval scale: C 4 \\(search: 36\\)"):
+        table.check_scale({**EVAL_SCALE, "C": 36}, table_path)
+    foreign = json.loads(table_path.read_text())
+    foreign["device"] = "cpu: Some Other CPU x1 threads"
+    (tmp_path / "foreign.json").write_text(json.dumps(foreign))
+    with pytest.raises(UserError, match="was measured on 'cpu: Some Other CPU x1 threads', not on this device"):
+        latency.load_table(tmp_path / "foreign.json")
+
+
+def _refused(capsys, entry, argv: list[str]) -> str:
+    """The one-line error of a refused command (exit code 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        entry(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_tables_and_rules_are_refused_before_any_work(tmp_path, capsys) -> None:
+    (tmp_path / "bad.json").write_text("{}")
+    assert "is not a latency table" in _refused(capsys, latency.main, ["check", str(tmp_path / "bad.json")])
+    argv = ["-c", QUICK_RL, "--run-dir", str(tmp_path / "run"), "--set", *TINY_RL]
+    assert "reward.metric latency needs reward.latency_table" in _refused(
+        capsys, search.main, [*argv, "reward.metric=[params,params,latency]"])
+    assert "cannot read the latency table" in _refused(capsys, search.main, [*argv, "reward.latency_table=/no/t.json"])
+    assert "search.select is 'best'" in _refused(capsys, search.main, [*argv, "search.select=best"])
+    gradient = ["-c", str(ROOT / "experiments" / "quick_digits.yaml"), "--run-dir", str(tmp_path / "g"), "--set",
+                "search.select=vote"]
+    assert "the gradient controller does not keep" in _refused(capsys, search.main, gradient)
