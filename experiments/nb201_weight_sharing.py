@@ -37,6 +37,7 @@ from nb201_ws_ranking import RankingSetting, check_setting, iso_classes, run_ran
 
 import search
 from controllers.registry import controller_class
+from nas.checkpoint import CHECKPOINT
 from nas.config import load_config
 from nas.data import load_dataset
 from nas.errors import OneLineParser, UserError, exit_on_user_error
@@ -82,6 +83,7 @@ class Preset:
     top: int
     variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         "uniform_ops": {}, "uniform_cells": {"sampling": "cells"}, "path_dropout": {"path_dropout": 0.5}})
+    # the uniform-over-ops supernet is scored after each of the ranking's score_epochs, the variants at the end only
 
 
 PRESETS = {
@@ -89,9 +91,9 @@ PRESETS = {
                                  rsps_candidates=4, seeds=1, batch_size=32),
                     RankingSetting(images=256, C=4, epochs=2, score_epochs=[1, 2], batch_size=32, held_out=100,
                                    recal=50), cells=10, top=2),
-    "default": Preset(SearchPreset(C=8, cells_per_stage=1, images=8000, epochs=5, pdarts_epochs=[2, 2, 1],
-                                   rsps_candidates=63, seeds=3),
-                      RankingSetting(images=8000, C=8, epochs=20, score_epochs=[5, 20], held_out=500, recal=256),
+    "default": Preset(SearchPreset(C=8, cells_per_stage=1, images=6000, epochs=4, pdarts_epochs=[2, 1, 1],
+                                   rsps_candidates=47, seeds=3),
+                      RankingSetting(images=6000, C=8, epochs=16, score_epochs=[4, 16], held_out=500, recal=256),
                       cells=200, top=20),
     "full": Preset(SearchPreset(C=16, cells_per_stage=5, images=0, epochs=50, pdarts_epochs=[20, 15, 15],
                                 rsps_candidates=100, seeds=3),
@@ -135,10 +137,9 @@ def search_overrides(method: str, seed: int, p: SearchPreset, data_root: str, de
             *method_overrides(method, p)]
 
 
-def _finished(run_dir: Path, config: dict[str, Any]) -> bool:
-    """Whether run_dir holds a finished search of exactly this config."""
+def _same_config(run_dir: Path, config: dict[str, Any]) -> bool:
     saved = run_dir / "config.yaml"
-    return (run_dir / "genotype.json").is_file() and saved.is_file() and yaml.safe_load(saved.read_text()) == config
+    return saved.is_file() and yaml.safe_load(saved.read_text()) == config
 
 
 def _worker_init() -> None:
@@ -146,12 +147,15 @@ def _worker_init() -> None:
 
 
 def run_search(argv: list[str], run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """One search through search.main (reused when run_dir already finished it), its console in console.log;
-    returns the found architecture string, wall seconds and weight steps."""
-    if not _finished(run_dir, config):
+    """One search through search.main, its console in console.log: reused when run_dir finished this config,
+    resumed (--resume) when it stopped after a checkpoint; returns the found architecture string, wall seconds
+    and steps (weight and policy steps)."""
+    same = _same_config(run_dir, config)
+    if not (same and (run_dir / "genotype.json").is_file()):
+        resume = same and (run_dir / CHECKPOINT).is_file()
         run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "console.log", "w") as console, contextlib.redirect_stdout(console):
-            if search.main(argv) != 0:
+        with open(run_dir / "console.log", "a") as console, contextlib.redirect_stdout(console):
+            if search.main(["--resume", str(run_dir)] if resume else argv) != 0:
                 raise RuntimeError(f"search {run_dir} failed; see {run_dir / 'console.log'}")
     record = read_record(run_dir / "genotype.json")
     last_stage = read_record(run_dir / "stages" / f"stage{len(record['search']['stages'])}.json")
@@ -260,6 +264,8 @@ def plan(args) -> tuple[Preset, list[tuple[float, str, Any, tuple]], dict[str, A
     truth = [float(bench.by_code[c]) for c in codes]
     for name, change in variants.items():
         setting = replace(preset.ranking, root=args.data_root, device=args.device, **change)
+        if change:
+            setting = replace(setting, score_epochs=[setting.epochs])
         problems = check_setting(setting)
         if problems:
             raise UserError(f"ranking variant {name}: {problems[0]}")

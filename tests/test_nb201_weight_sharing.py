@@ -55,7 +55,8 @@ def test_smoke_runs_the_ranking_and_every_method_and_writes_the_results(cifar10_
         assert set(variant["batch_stats"]) == set(variant["recalibrated"]) == {"kendall_tau", "spearman_rho",
                                                                               "precision_top5pct"}
         assert len(variant["oneshot_acc"]["recalibrated_acc"]) == ranking["cells"] == len(ranking["study_cells"])
-        assert [e["epoch"] for e in variant["by_epoch"]] == results["setting"]["ranking"]["score_epochs"]
+        assert variant["by_epoch"][-1]["epoch"] == results["setting"]["ranking"]["epochs"]
+    assert [e["epoch"] for e in ranking["variants"]["uniform_ops"]["by_epoch"]] == [1, 2]
     assert set(results["search"]) == set(METHODS)
     bench = TabularBenchmark(TABLE)
     for method, entry in results["search"].items():
