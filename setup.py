@@ -32,6 +32,7 @@ setup(
             "nas-plot=nas.visualize:main",
             "nas-report=nas.report:main",
             "nas-info=nas.info:main",
+            "nas-latency=nas.latency:main",
             "nas-sweep=nas.sweep:main",
         ]
     },
