@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -329,8 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         write(complete=False)
 
     run_tasks(tasks, args.workers, on_done)
-    print_tables(write(complete=True))
-    print(f"\nresults: {out / 'results.json'}  ({time.time() - start:.0f} s)")
+    results = write(complete=True)
+    used = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    results["cpu_s"] = round(sum(u.ru_utime + u.ru_stime for u in used), 1)  # this process and its workers
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print_tables(results)
+    print(f"\nresults: {out / 'results.json'}  ({results['wall_s']:.0f} s wall, {results['cpu_s']:.0f} s CPU)")
     return 0
 
 
