@@ -317,6 +317,10 @@ class Trainer:
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
+    def _all_sum(self, values: list[float]) -> list[float]:
+        """Sums over this trainer's ranks (a one-process trainer inside a torchrun search keeps its own)."""
+        return all_sum(values) if self.info.world_size > 1 else values
+
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int, last_good: str) -> None:
         """Raise NonFiniteLoss on every rank at the same step when any rank's loss is NaN or infinite."""
         bad = (~torch.isfinite(loss.detach())).float()
@@ -354,13 +358,14 @@ class Trainer:
             correct += round(accuracy(logits, y)[0] * n / 100)
             count += n
             bar.set_postfix(loss=f"{loss_sum / count:.3f}", refresh=False)
-        loss_sum, correct, count = all_sum([loss_sum, correct, count])
+        loss_sum, correct, count = self._all_sum([loss_sum, correct, count])
         return {"loss": loss_sum / count, "top1": 100 * correct / count, "samples": int(count)}
 
     @torch.no_grad()
     def evaluate(self, loader: DataLoader, num_classes: int) -> dict[str, float]:
         """Test loss, top-1 and top-5 over the whole test set (each rank scores its shard)."""
-        broadcast_buffers(self.net)  # every rank scores with rank 0's BatchNorm statistics
+        if self.info.world_size > 1:  # every rank scores with rank 0's BatchNorm statistics
+            broadcast_buffers(self.net)
         self.net.eval()
         k = min(5, num_classes)
         loss_sum = c1 = c5 = count = 0.0
@@ -371,7 +376,7 @@ class Trainer:
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
             top1, top5 = accuracy(logits, y, (1, k))
             c1, c5, count = c1 + round(top1 * y.size(0) / 100), c5 + round(top5 * y.size(0) / 100), count + y.size(0)
-        loss_sum, c1, c5, count = all_sum([loss_sum, c1, c5, count])
+        loss_sum, c1, c5, count = self._all_sum([loss_sum, c1, c5, count])
         return {"loss": loss_sum / count, "top1": 100 * c1 / count, "top5": 100 * c5 / count, "samples": int(count)}
 
 
