@@ -32,10 +32,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def setup_logging(run_dir: Path, is_main: bool) -> None:
-    """INFO to stdout and search.log on rank 0; the other ranks of a torchrun job report warnings only."""
+    """INFO to stdout and search.log on rank 0; the other ranks of a torchrun job report errors only (their
+    warnings would repeat rank 0's)."""
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     logger = logging.getLogger("nas")
-    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    logger.setLevel(logging.INFO if is_main else logging.ERROR)
     logger.handlers.clear()
     if not is_main:
         return
