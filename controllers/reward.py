@@ -27,10 +27,10 @@ RewardFn = Callable[[Any, float], tuple[float, Costs]]  # (architecture, accurac
 class RewardConfig:
     """The ``reward:`` section of a search config: the metric, alpha, beta and m_base per stage."""
 
-    metric: list[str] = field(default_factory=lambda: ["params", "params", "params"])
+    metric: list[str] | None = None  # per stage; None: params in every stage
     mode: str = "soft"
     alpha: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-    beta: list[float] = field(default_factory=lambda: [-1.0, -1.0, -1.0])
+    beta: list[float] | None = None  # per stage (hard mode); None: -1 in every stage (MnasNet's hard constraint)
     p_base: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     latency_table: str | None = None
 
@@ -38,21 +38,21 @@ class RewardConfig:
         """Raise UserError naming the first bad field (the latency table is read and its device checked)."""
         for name in ("metric", "alpha", "beta", "p_base"):
             values = getattr(self, name)
-            if len(values) != num_stages:
+            if values is not None and len(values) != num_stages:
                 raise UserError(f"reward.{name} has {len(values)} values but the search has {num_stages} stages; "
                                 f"give one per stage")
-        if any(m not in METRICS for m in self.metric):
+        if any(m not in METRICS for m in self.metric or ()):
             raise UserError(f"reward.metric values must be {', '.join(METRICS)}; got {self.metric}")
         if self.mode not in MODES:
             raise UserError(f"reward.mode is {self.mode!r}; choose one of: {', '.join(MODES)}")
         if any(a > 0 for a in self.alpha):
             raise UserError(f"reward.alpha values must be <= 0 (a penalty on size), got {self.alpha}")
-        if any(not b < 0 for b in self.beta):
+        if any(not b < 0 for b in self.beta or ()):
             raise UserError(f"reward.beta values must be < 0 (the penalty past the budget), got {self.beta}")
         if any(not p > 0 for p in self.p_base):
             raise UserError(f"reward.p_base values must be > 0 (in the metric's unit: M params, M FLOPs, ms), got "
                             f"{self.p_base}")
-        if "latency" in self.metric and not self.latency_table:
+        if "latency" in (self.metric or ()) and not self.latency_table:
             raise UserError("reward.metric latency needs reward.latency_table: PATH (build it with nas-latency build)")
         if self.latency_table:
             self.table()
@@ -78,8 +78,8 @@ def make_reward_fn(cfg: RewardConfig, stage: int, costs: dict[str, Callable[[Any
 
     `costs` maps metric names to cost functions of an architecture at eval scale; it must hold the stage's metric.
     """
-    metric, base = cfg.metric[stage], cfg.p_base[stage]
-    alpha, beta = (cfg.alpha[stage], None) if cfg.mode == "soft" else (0.0, cfg.beta[stage])
+    metric, base = cfg.metric[stage] if cfg.metric else "params", cfg.p_base[stage]
+    alpha, beta = (cfg.alpha[stage], None) if cfg.mode == "soft" else (0.0, cfg.beta[stage] if cfg.beta else -1.0)
 
     def reward_fn(arch: Any, accuracy: float) -> tuple[float, Costs]:
         values = {name: fn(arch) for name, fn in costs.items()}
