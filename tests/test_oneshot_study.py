@@ -208,6 +208,28 @@ def test_standalone_from_reuses_the_standalone_results_and_checks_the_setup(tmp_
         script.main([*TINY, "--standalone-from", str(tmp_path / "a" / "results.json"), "--out", str(tmp_path / "c")])
 
 
+def test_probe_scores_one_repeat_against_the_earlier_standalone_results(tmp_path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # the probe imports the study script as a sibling module
+    spec = importlib.util.spec_from_file_location("oneshot_probe", SCRIPT.parent / "oneshot_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    one_epoch = [*TINY, "--epochs", "1"]
+    earlier = _load_script().main([*one_epoch, "--repeats", "2", "--out", str(tmp_path / "study")])
+    argv = [*one_epoch, "--standalone-from", str(tmp_path / "study" / "results.json"), "--out", str(tmp_path / "probe")]
+    result = probe.main([*argv, "--probe-seed", "1", "--probe-test", "50", "--bn-recal", "64", "--oneshot-epochs", "2"])
+    assert result["seed"] == 1 and result["test_images"] == 50 and len(result["kendall_tau_to_seed_mean"]) == 2
+    assert [s["standalone_acc"] for s in result["subnets"]] == [s["standalone_acc"] for s in earlier["subnets"]]
+    assert "oneshot_acc_running" in result["by_first_op"]["conv_3x3"]
+    assert json.loads((tmp_path / "probe" / "probe.json").read_text())["kendall_tau"] == result["kendall_tau"]
+    for bad in (["--probe-seed", "2"], ["--probe-test", "-1"]):
+        with pytest.raises(UserError):
+            probe.main([*argv, *bad])
+    with pytest.raises(UserError, match="standalone-from"):
+        probe.main(TINY)
+    with pytest.raises(UserError, match="epochs"):  # the stand-alone setup must match the earlier run's
+        probe.main([*TINY, *argv[len(one_epoch):]])
+
+
 def test_study_end_to_end_on_shared_mnist(tmp_path) -> None:
     root = shared_path("mnist")
     out = tmp_path / "study"
