@@ -45,7 +45,9 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
-# The tiny searches several test modules inspect, run once per session: search records, monitor tags.
+# The tiny searches several test modules inspect, run once per session: search records, monitor tags, and the
+# uninterrupted reference of the fault-injection test (hence the frequent checkpoints).
+TINY_RUN_SETTINGS = [*TINY_SEARCH, "run.draw=true", "run.checkpoint_every=3"]
 TINY_RUNS = {
     "gradient": ("quick_digits.yaml", []),
     "reinforce": ("quick_digits_reinforce.yaml", ["reinforce.samples_per_update=2", "reinforce.last_n=8"]),
@@ -64,8 +66,8 @@ def tiny_run(tmp_path_factory) -> Callable[[str], Path]:
         if mode not in done:
             config, extra = TINY_RUNS[mode]
             run_dir = tmp_path_factory.mktemp(f"tiny-{mode}")
-            argv = ["-c", str(ROOT / "experiments" / config), "--run-dir", str(run_dir), "--set", *TINY_SEARCH,
-                    "run.draw=true", *extra]
+            argv = ["-c", str(ROOT / "experiments" / config), "--run-dir", str(run_dir), "--set", *TINY_RUN_SETTINGS,
+                    *extra]
             assert search.main(argv) == 0
             done[mode] = run_dir
         return done[mode]

@@ -10,11 +10,9 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, TINY_RUNS, TINY_SEARCH
+from conftest import ROOT, TINY_RUN_SETTINGS, TINY_RUNS
 
 from nas.genotype import read_record
-
-SETTINGS = [*TINY_SEARCH, "run.checkpoint_every=3"]
 
 
 def _search(args: list[str]) -> subprocess.Popen:
@@ -23,18 +21,17 @@ def _search(args: list[str]) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("controller", sorted(TINY_RUNS))
-def test_sigkill_then_resume_matches_uninterrupted_run(controller, tmp_path):
-    """REINFORCE also restores its baseline, Adam state, sample window and sampling generator."""
+def test_sigkill_then_resume_matches_uninterrupted_run(controller, tmp_path, tiny_run):
+    """REINFORCE also restores its baseline, Adam state, sample window and sampling generator. The uninterrupted
+    reference is the session's tiny run of the controller (the same settings, run in-process)."""
     config, extra = TINY_RUNS[controller]
 
     def start(run_dir):
         return _search(["-c", str(ROOT / "experiments" / config), "--run-dir", str(run_dir), "--set",
-                                 *SETTINGS, *extra])
+                        *TINY_RUN_SETTINGS, *extra])
 
-    started = time.time()
-    reference = start(tmp_path / "reference")
-    assert reference.wait(timeout=600) == 0, reference.stderr.read()
-    duration = time.time() - started
+    expected = read_record(tiny_run(controller) / "genotype.json")
+    duration = expected["search"]["wall_time_s"]
 
     seed = int(os.environ.get("FAULT_SEED", random.randrange(10**6)))
     rng = random.Random(seed)
@@ -59,7 +56,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(controller, tmp_path):
 
     resumed = _search(["--resume", str(killed_dir)])
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
-    expected, got = read_record(tmp_path / "reference" / "genotype.json"), read_record(killed_dir / "genotype.json")
+    got = read_record(killed_dir / "genotype.json")
     assert got["genotype"] == expected["genotype"]
     for a, b in zip(expected["search"]["stages"], got["search"]["stages"]):
         for cell in ("normal", "reduce"):
