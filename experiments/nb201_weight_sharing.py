@@ -249,7 +249,9 @@ def parse_args(argv: list[str] | None):
 
 
 def plan(args) -> tuple[Preset, list[tuple[float, str, Any, tuple]], dict[str, Any]]:
-    """Validate everything and list the tasks (expected cost, kind, key, arguments), before any training."""
+    """Validate everything and list the tasks (expected cost, kind, key, arguments), before any training: in rounds
+    (the uniform-over-ops ranking and every method's first seed, then the other rankings and second seeds, ...),
+    the most expensive first within a round, so an interrupted run has every method."""
     preset = PRESETS["smoke" if args.smoke else "full" if args.full else "default"]
     if args.seeds is not None:
         preset = replace(preset, search=replace(preset.search, seeds=args.seeds))
@@ -260,7 +262,7 @@ def plan(args) -> tuple[Preset, list[tuple[float, str, Any, tuple]], dict[str, A
     bench = TabularBenchmark(args.table)
     load_dataset("cifar10_jpeg", args.data_root, train=False)  # a missing cache is a one-line error now
     out = Path(args.out)
-    tasks: list[tuple[float, str, Any, tuple]] = []
+    tasks: list[tuple[int, float, str, Any, tuple]] = []  # (round, cost, kind, key, arguments)
     codes = study_cells(bench.by_code, preset.cells, preset.top, seed=0)
     truth = [float(bench.by_code[c]) for c in codes]
     for name, change in variants.items():
@@ -271,7 +273,8 @@ def plan(args) -> tuple[Preset, list[tuple[float, str, Any, tuple]], dict[str, A
         if problems:
             raise UserError(f"ranking variant {name}: {problems[0]}")
         cost = setting.epochs * (6.0 if setting.path_dropout > 0 else 1.0) + len(codes) * len(setting.score_epochs) / 4
-        tasks.append((cost, "ranking", name, (setting, codes, truth, args.table, out / "ranking" / f"{name}.json")))
+        tasks.append((0 if not change else 1, cost, "ranking", name,
+                      (setting, codes, truth, args.table, out / "ranking" / f"{name}.json")))
     for method in args.methods:
         for seed in range(preset.search.seeds):
             run_dir = out / "searches" / method / f"seed{seed}"
@@ -279,9 +282,10 @@ def plan(args) -> tuple[Preset, list[tuple[float, str, Any, tuple]], dict[str, A
             cfg = load_config(SearchConfig, CONFIG, overrides)  # the search's own validation, before any work
             argv = ["-c", str(CONFIG), "--run-dir", str(run_dir), "--set", *overrides]
             epochs = sum(preset.search.pdarts_epochs) if method == "pdarts" else preset.search.epochs
-            tasks.append((COST.get(method, 2.5) * epochs, "search", (method, seed), (argv, run_dir, cfg.to_tree())))
+            cost = COST.get(method, 2.5) * epochs
+            tasks.append((seed, cost, "search", (method, seed), (argv, run_dir, cfg.to_tree())))
     context = {"preset": asdict(preset), "codes": codes, "truth": truth, "bench": bench, "out": out}
-    return preset, sorted(tasks, key=lambda t: -t[0]), context
+    return preset, [task[1:] for task in sorted(tasks, key=lambda t: (t[0], -t[1]))], context
 
 
 def _unknown_variant(name: str, preset: Preset) -> bool:
@@ -308,15 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rankings: dict[str, dict[str, Any]] = {}
     searches: dict[str, dict[int, dict[str, Any]]] = {}
-    expected = {key for _, kind, key, _ in tasks if kind == "search"}
 
     def write(complete: bool) -> dict[str, Any]:
-        finished = {m: runs for m, runs in searches.items()
-                    if complete or len(runs) == sum(1 for k in expected if k[0] == m)}
         best_arch, best_acc = ctx["bench"].best()
         results = {"setting": ctx["preset"], "complete": complete, "wall_s": round(time.time() - start, 1),
                    "ranking": summarise_ranking(rankings, ctx["codes"], ctx["truth"]),
-                   "search": {m: summarise_search(runs, ctx["bench"]) for m, runs in finished.items()},
+                   "search": {m: summarise_search(runs, ctx["bench"]) for m, runs in searches.items()},
                    "table_best": {"arch": best_arch, "test_acc": best_acc}, "paper_weight_sharing": PAPER}
         (out / "results.json").write_text(json.dumps(results, indent=1))
         return results
