@@ -336,7 +336,8 @@ class Search:
         controller, space, kept = runner.controller, self.space, self.progress.kept_ops
         if not controller.scores_samples or not controller.scored_samples():
             return {}
-        candidates, check = stage_candidates(controller, space, kept, arch, runner.evaluate, self.cfg.search.top_k)
+        candidates, check = stage_candidates(controller, space, kept, arch, runner.evaluate, self.cfg.search.top_k,
+                                             self.cfg.search.rescore)
         sbo = check["sbo"]
         self.monitor.stage_scalars(runner.stage + 1, {"select/top10_reward": sbo["top10_reward"],
                                                       "select/argmax_reward": sbo["argmax_reward"]},
@@ -442,5 +443,5 @@ class Search:
         record["genotype_str"] = picked["genotype"]
         if self.dist.is_main:
             write_record(self.run_dir / "genotype.json", record)
-            write_report(self.run_dir)
+            write_report(self.run_dir, figures=self.cfg.run.draw)
         return record

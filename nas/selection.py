@@ -12,10 +12,11 @@
   (`probe_epochs` epochs at `probe_C` channels and `probe_layers` cells, no auxiliary head, no drop path), on
   the search's training half, and keeps the best validation accuracy on the architecture half.
 
-At every stage's end the stage's top candidates (max(10, top_k) distinct samples) and the argmax architecture
-are rescored with the stage's final supernet on the whole architecture half: the SBO check compares the mean
-reward of the top 10 with the argmax architecture's reward (as the seed did: samples better than the argmax
-mean the policy has not converged on its best find).
+At every stage's end the `rescore` best distinct samples (by sampled reward) and the argmax architecture are
+rescored with the stage's final supernet on the whole architecture half: the SBO check compares the mean reward of
+the top min(10, rescore) with the argmax architecture's reward (as the seed did: samples better than the argmax
+mean the policy has not converged on its best find); with `rescore: 0` it takes the top 10 sampled rewards (each
+scored on one validation batch) and costs one evaluation per stage.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class SelectConfig:
 
     select: str = "argmax"  # argmax | best_sampled | vote | probe
     top_k: int = 10  # candidates of vote and probe
+    rescore: int = 10  # best distinct samples rescored on the whole architecture half at every stage's end (SBO)
     probe_epochs: int = 10
     probe_C: int = 16
     probe_layers: int = 8
@@ -56,6 +58,8 @@ class SelectConfig:
                             f"controller does not keep; use search.select=argmax or controller: reinforce")
         if self.select == "probe" and not trains:
             raise UserError("search.select=probe trains candidates from scratch, but this space has no eval network")
+        if not isinstance(self.rescore, int) or isinstance(self.rescore, bool) or self.rescore < 0:
+            raise UserError(f"search.rescore must be an integer >= 0, got {self.rescore!r}")
         for name in ("top_k", "probe_epochs", "probe_C", "probe_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -86,21 +90,23 @@ def rescore(arch: Any, controller: Controller, space: Any, kept_ops: KeptOps, ev
 
 
 def stage_candidates(controller: Controller, space: Any, kept_ops: KeptOps, argmax: Any, evaluate: Evaluate,
-                     top_k: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The stage's top distinct samples and the argmax architecture, rescored; and the SBO check."""
+                     top_k: int, rescored: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The stage's best distinct samples (the first `rescored` of them rescored) and the rescored argmax
+    architecture; and the SBO check over the top min(10, rescored) rescored samples (rescored = 0: the top 10 by
+    their sampled rewards)."""
     candidates = []
-    for group in distinct_samples(controller, space, kept_ops)[:max(SBO_TOP, top_k)]:
+    for i, group in enumerate(distinct_samples(controller, space, kept_ops)[:max(SBO_TOP, top_k, rescored)]):
         rewards = group["rewards"]
         candidates.append({"genotype": group["genotype"], "record": space.arch_to_record(group["arch"]),
                            "sampled_reward_max": round(max(rewards), 6),
                            "sampled_reward_mean": round(sum(rewards) / len(rewards), 6), "times_sampled": len(rewards),
-                           **rescore(group["arch"], controller, space, kept_ops, evaluate)})
+                           **(rescore(group["arch"], controller, space, kept_ops, evaluate) if i < rescored else {})})
     argmax_entry = {"genotype": space.format_arch(argmax), "record": space.arch_to_record(argmax),
                     **rescore(argmax, controller, space, kept_ops, evaluate)}
-    top = candidates[:SBO_TOP]
-    sbo = {"top10_reward": sum(c["val_reward"] for c in top) / len(top) if top else None,
-           "top10_sampled_reward": sum(c["sampled_reward_max"] for c in top) / len(top) if top else None,
-           "argmax_reward": argmax_entry["val_reward"], "samples": len(top)}
+    key, top = ("val_reward", candidates[:min(SBO_TOP, rescored)]) if rescored else \
+        ("sampled_reward_max", candidates[:SBO_TOP])
+    sbo = {"top10_reward": sum(c[key] for c in top) / len(top), "scored_by": key, "samples": len(top),
+           "argmax_reward": argmax_entry["val_reward"]}
     return candidates, {"argmax": argmax_entry, "sbo": sbo}
 
 

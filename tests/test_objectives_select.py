@@ -20,7 +20,7 @@ from nas.genotype import read_record
 from nas.selection import SBO_TOP, vote
 
 QUICK_RL = str(ROOT / "experiments" / "quick_digits_reinforce.yaml")
-TINY_RL = [*TINY_SEARCH, "reinforce.samples_per_update=2", "reinforce.last_n=12"]
+TINY_RL = [*TINY_SEARCH, "reinforce.samples_per_update=2", "reinforce.last_n=12", "search.rescore=4"]
 EVAL_SCALE = {"C": 4, "layers": 3, "size": 8, "in_channels": 1, "num_classes": 10}  # digits, model.eval_C=4 ...
 SCALE_SET = ["model.eval_C=4", "model.eval_layers=3"]
 
@@ -48,12 +48,13 @@ def _check_stage_rewards(record: dict, metrics: list[str], mode: str, alpha: flo
                          bases: list[float]) -> None:
     """Each stage rewards its own metric: every rescored candidate's reward follows the stage's formula."""
     for stage, metric, base in zip(record["search"]["stages"], metrics, bases):
-        for candidate in [stage["argmax_rescored"], *stage["candidates"]]:
+        for candidate in [stage["argmax_rescored"], *stage["candidates"][:4]]:
             assert {"params", "flops"} <= set(candidate)
             expected = _expected_reward(candidate, metric, mode, alpha, beta, base)
             assert candidate["val_reward"] == pytest.approx(expected, rel=2e-3, abs=1e-5), (metric, candidate)
-        top = stage["candidates"][:SBO_TOP]
+        top = stage["candidates"][:min(SBO_TOP, 4)]  # search.rescore=4: the SBO check over the 4 rescored
         assert stage["sbo"]["top10_reward"] == pytest.approx(sum(c["val_reward"] for c in top) / len(top))
+        assert all("val_reward" not in c for c in stage["candidates"][4:])
         assert stage["sbo"]["argmax_reward"] == stage["argmax_rescored"]["val_reward"]
 
 
@@ -64,7 +65,7 @@ def test_every_objective_soft_with_best_sampled(tmp_path, table_path) -> None:
                      "reward.alpha=[-0.5,-0.5,-0.5]", f"reward.p_base={bases}", f"reward.latency_table={table_path}",
                      "search.select=best_sampled")
     _check_stage_rewards(record, ["params", "flops", "latency"], "soft", -0.5, -1.0, bases)
-    assert all("latency" in c for c in record["search"]["stages"][2]["candidates"])
+    assert all("latency" in c for c in record["search"]["stages"][2]["candidates"][:4])
     selection = record["search"]["selection"]
     best = max(selection["candidates"], key=lambda c: c["sampled_reward_max"])
     assert selection["picked"]["genotype"] == best["genotype"] == record["genotype_str"]
@@ -88,7 +89,7 @@ def test_hard_budget_with_probe(tmp_path, table_path) -> None:
     selection = record["search"]["selection"]
     pool = [selection["argmax"], *selection["candidates"][:2]]
     assert all(0.0 <= c["probe_acc"] <= 100.0 for c in pool)
-    assert "probe_acc" not in selection["candidates"][2] if len(selection["candidates"]) > 2 else True
+    assert all("probe_acc" not in c for c in selection["candidates"][2:])
     assert selection["picked"]["genotype"] == max(pool, key=lambda c: c["probe_acc"])["genotype"] == \
         record["genotype_str"]
 

@@ -31,7 +31,8 @@ PAPER = str(ROOT / "experiments" / "pdarts_cifar10.yaml")
     (["space=mobilenet"], "unknown space 'mobilenet'; known spaces: darts"),
     (["reinforce.lr=0.1"], "section 'reinforce' belongs to the controller 'reinforce', but this search uses "
                            "controller 'gradient'"),
-    (["modle.C=4"], "unknown key 'modle'; valid keys: controller, data, gradient, model, optim, run, search, space, stages"),
+    (["modle.C=4"], "unknown key 'modle'; valid keys: controller, data, gradient, model, optim, run, search, space, "
+                    "stages"),
     (["data.dataset=svhn"], "unknown dataset 'svhn'"),
     (["data.train_portion=1.5"], "data.train_portion must be in (0, 1)"),
     (["gradient.order=3"], "gradient.order must be 1 or 2"),
