@@ -256,26 +256,28 @@ def _markdown(run_dir: Path, stages: list[Stage], record: dict[str, Any] | None,
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dir: str | os.PathLike) -> Path:
-    """Write the figures under RUN_DIR/report/ and RUN_DIR/report.md; return the path of report.md."""
+def write_report(run_dir: str | os.PathLike, figures: bool = True) -> Path:
+    """Write the figures under RUN_DIR/report/ (unless `figures` is false, as a search with `run.draw: false` asks)
+    and RUN_DIR/report.md; return the path of report.md."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory; give the folder a search wrote (for example runs/<name>)")
     stages, record = _search_stages(run_dir)
-    out = run_dir / FIGURES
-    out.mkdir(exist_ok=True)
     scalars = Scalars(run_dir / "tb")
-    figures: dict[int, list[Path]] = {}
-    for s in stages:
-        n = s["stage"]
-        made = [probability_figure(s, out / f"probs_stage{n}.png"),
-                *(argmax_figure(s, cell, scalars, out / f"argmax_stage{n}_{cell}.png") for cell in s["kept_ops"]),
-                reward_figure(s, scalars, out / f"rewards_stage{n}.png")]
-        figures[n] = [p for p in made if p is not None]
+    made: dict[int, list[Path]] = {s["stage"]: [] for s in stages}
+    if figures:
+        out = run_dir / FIGURES
+        out.mkdir(exist_ok=True)
+        for s in stages:
+            n = s["stage"]
+            drawn = [probability_figure(s, out / f"probs_stage{n}.png"),
+                     *(argmax_figure(s, cell, scalars, out / f"argmax_stage{n}_{cell}.png") for cell in s["kept_ops"]),
+                     reward_figure(s, scalars, out / f"rewards_stage{n}.png")]
+            made[n] = [p for p in drawn if p is not None]
     params_m = stages[-1]["params_M"] if record is None else record.get("metrics", {}).get("params_M",
                                                                                           stages[-1]["params_M"])
     report = run_dir / REPORT
-    report.write_text(_markdown(run_dir, stages, record, params_m, figures, bool(scalars.names)),
+    report.write_text(_markdown(run_dir, stages, record, params_m, made, bool(scalars.names)),
                       encoding="utf-8")
     return report
 

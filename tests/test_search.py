@@ -53,8 +53,10 @@ def test_search_writes_a_valid_record_with_the_stage_schedule(full_run):
 def test_per_stage_runs_repeat_the_full_run(full_run, tmp_path):
     run_dir = tmp_path / "staged"
     for stage in (1, 2, 3):
-        assert search.main(["-c", QUICK, "--run-dir", str(run_dir), "--stage", str(stage), "--set", *TINY_SEARCH,
-                            "run.draw=true"]) == 0
+        assert search.main(["-c", QUICK, "--run-dir", str(run_dir), "--stage", str(stage), "--set",
+                            *TINY_SEARCH]) == 0
+    assert (run_dir / "report.md").is_file()  # run.draw=false: the report's text, and no picture at all
+    assert not (run_dir / "report").exists() and not list(run_dir.glob("stages/*/*.png"))
     full, staged = read_record(full_run / "genotype.json"), read_record(run_dir / "genotype.json")
     assert staged["genotype"] == full["genotype"]
     for a, b in zip(full["search"]["stages"], staged["search"]["stages"]):
