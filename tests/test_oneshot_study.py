@@ -216,7 +216,8 @@ def test_probe_scores_one_repeat_against_the_earlier_standalone_results(tmp_path
     one_epoch = [*TINY, "--epochs", "1"]
     earlier = _load_script().main([*one_epoch, "--repeats", "2", "--out", str(tmp_path / "study")])
     argv = [*one_epoch, "--standalone-from", str(tmp_path / "study" / "results.json"), "--out", str(tmp_path / "probe")]
-    result = probe.main([*argv, "--probe-seed", "1", "--probe-test", "50", "--bn-recal", "64", "--oneshot-epochs", "2"])
+    result = probe.main([*argv, "--probe-seed", "1", "--probe-test", "50", "--bn-recal", "64", "--oneshot-epochs", "2",
+                         "--path-dropout", "0.3"])
     assert result["seed"] == 1 and result["test_images"] == 50 and len(result["kendall_tau_to_seed_mean"]) == 2
     assert [s["standalone_acc"] for s in result["subnets"]] == [s["standalone_acc"] for s in earlier["subnets"]]
     assert "oneshot_acc_running" in result["by_first_op"]["conv_3x3"]
