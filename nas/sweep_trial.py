@@ -26,7 +26,7 @@ from nas.sweep_spec import GENOTYPE_KEY, Spec, Trial, assignment
 ROOT = Path(__file__).resolve().parent.parent
 TRIAL_FILE = "trial.json"
 RECORD = "genotype.json"  # what search.py and train_eval.py write at the end of a run
-DONE, FAILED, PENDING, INTERRUPTED = "done", "failed", "pending", "interrupted"
+DONE, FAILED, PENDING, RUNNING, INTERRUPTED = "done", "failed", "pending", "running", "interrupted"
 
 
 def stage_names(spec: Spec) -> list[str]:
@@ -71,7 +71,7 @@ class TrialRunner:
     def __init__(self, spec: Spec, trial: Trial, sweep_dir: Path, threads: int):
         self.spec, self.trial, self.threads = spec, trial, threads
         self.dir = sweep_dir / trial.name
-        self.state = read_state(self.dir)
+        self.state: dict[str, Any] = {}
 
     def _save(self) -> None:
         write_record(self.dir / TRIAL_FILE, {"name": self.trial.name, **self.state})
@@ -98,14 +98,14 @@ class TrialRunner:
         return rc
 
     def run(self) -> dict[str, Any]:
-        """Run what is left of the trial; returns its state (status done or failed)."""
-        if self.state["status"] in (DONE, FAILED):
-            return self.state
+        """Run what is left of the trial; returns its state (status done, failed or interrupted)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # waits while an orphaned stage of an earlier driver still runs
             self.state = read_state(self.dir)
-            self.state["status"] = "running"
+            if self.state["status"] in (DONE, FAILED):
+                return self.state
+            self.state["status"] = RUNNING
             for stage in stage_names(self.spec):
                 if self.state["stages"].get(stage) == DONE:
                     continue
