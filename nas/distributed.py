@@ -149,10 +149,17 @@ def broadcast_object(obj: Any) -> Any:
 
 
 def broadcast_buffers(module: nn.Module) -> None:
-    """Copy rank 0's buffers (BatchNorm running statistics) to every rank."""
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank, one broadcast per dtype (a supernet has
+    thousands of them, and every collective costs a round trip)."""
     if world().world_size == 1:
         return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for buffer in module.buffers():
-        local = buffer.to(_comm_device())
-        tdist.broadcast(local, 0)
-        buffer.copy_(local)
+        by_dtype.setdefault(buffer.dtype, []).append(buffer)
+    for buffers in by_dtype.values():
+        flat = torch.cat([b.reshape(-1).to(_comm_device()) for b in buffers])
+        tdist.broadcast(flat, 0)
+        start = 0
+        for b in buffers:
+            b.copy_(flat[start:start + b.numel()].view(b.shape))
+            start += b.numel()
