@@ -25,7 +25,7 @@ import torch
 from nas.errors import UserError, exit_on_user_error
 from nas.metrics import kendall_tau
 from nas.oneshot import Batches, score_subnets, train_oneshot, train_standalone
-from search_spaces.chain import parse_choice, warm_start
+from search_spaces.chain import parse_choice, validate_ops, warm_start
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.Namespace]:
@@ -62,20 +62,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.repeats = _repeats_in(args.standalone_from)
     if not 0 <= probe.probe_seed < args.repeats:
         raise UserError(f"--probe-seed must lie in [0, {args.repeats}), the repeats of {args.standalone_from}")
-    cfg, oneshot_cfg = study._train_configs(args)
-    ops = study.validate_ops(args.ops)
-    choices = study._study_choices(args, len(ops))
-    study._check_modes(args)
+    cfg, oneshot_cfg = study.train_configs(args)
+    ops = validate_ops(args.ops)
+    choices = study.study_choices(args, len(ops))
+    study.check_modes(args)
     standalone = study.load_standalone(args.standalone_from, args, choices)
     torch.set_num_threads(args.threads)
-    data = study._load_data(args, cfg)
+    data = study.load_data(args, cfg)
     test = _first_images(data["test_batches"], probe.probe_test, cfg.eval_batch_size)
     seed = args.seed + probe.probe_seed
     start = time.time()
-    supernet = study._supernet(args, ops, data, seed)
+    supernet = study.make_supernet(args, ops, data, seed)
     if args.warm_start:
-        source = study._standalone(args, ops, data, parse_choice(args.warm_start, ops, args.blocks),
-                                   study._source_seed(seed))
+        source = study.make_standalone(args, ops, data, parse_choice(args.warm_start, ops, args.blocks),
+                                   study.source_seed(seed))
         train_standalone(source, data["train"], test, cfg, seed)
         warm_start(supernet, source)
     run = train_oneshot(supernet, data["train"], test, oneshot_cfg, choices, seed, recal_batches=data["recal"])
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(format_probe(result))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "probe.json").write_text(json.dumps(study._json_safe({**result, "config": {**vars(args), **vars(probe)}}),
+    (out / "probe.json").write_text(json.dumps(study.json_safe({**result, "config": {**vars(args), **vars(probe)}}),
                                                indent=2))
     return result
 

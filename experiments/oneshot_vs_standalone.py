@@ -121,7 +121,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, TrainConfig]:
+def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, TrainConfig]:
     """The stand-alone and the one-shot training setups (they differ in epochs only)."""
     if args.oneshot_epochs < 0:
         raise UserError(f"--oneshot-epochs must be 0 (as --epochs) or positive, got {args.oneshot_epochs}")
@@ -133,7 +133,7 @@ def _train_configs(args: argparse.Namespace) -> tuple[TrainConfig, TrainConfig]:
     return cfg, oneshot
 
 
-def _study_choices(args: argparse.Namespace, num_ops: int) -> list[Choice]:
+def study_choices(args: argparse.Namespace, num_ops: int) -> list[Choice]:
     """Every subnet, or `--subnets` of them drawn without replacement (the same for every repeat)."""
     if min(args.blocks, args.filters, args.repeats, args.head_grid) <= 0:
         raise UserError("--blocks, --filters, --repeats and --head-grid must be positive")
@@ -160,20 +160,20 @@ def _channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def _supernet(args: argparse.Namespace, ops: tuple[str, ...], data: dict[str, Any], seed: int) -> ChainSuperNet:
+def make_supernet(args: argparse.Namespace, ops: tuple[str, ...], data: dict[str, Any], seed: int) -> ChainSuperNet:
     torch.manual_seed(seed)
     return _channels_last(ChainSuperNet(data["in_channels"], data["num_classes"], args.filters, args.blocks, ops,
                                         args.sharing, args.head_grid, args.head_hidden, args.head_dropout))
 
 
-def _standalone(args: argparse.Namespace, ops: tuple[str, ...], data: dict[str, Any], choice: Choice,
+def make_standalone(args: argparse.Namespace, ops: tuple[str, ...], data: dict[str, Any], choice: Choice,
                 seed: int) -> StandaloneNet:
     torch.manual_seed(seed)
     return _channels_last(StandaloneNet(choice, data["in_channels"], data["num_classes"], args.filters, ops,
                                         args.head_grid, args.head_hidden, args.head_dropout))
 
 
-def _source_seed(seed: int) -> int:
+def source_seed(seed: int) -> int:
     """The init seed of a planted or warm-start source net (studied subnet i of a repeat uses seed*1_000_003 + i)."""
     return seed * 1_000_003 - 1
 
@@ -183,7 +183,7 @@ def train_subnets(args: argparse.Namespace, cfg: TrainConfig, ops: tuple[str, ..
     """Every studied subnet trained alone: its size, cost and test top-1 after each epoch."""
     subnets = []
     for i, choice in enumerate(choices):
-        net = _standalone(args, ops, data, choice, seed * 1_000_003 + i)
+        net = make_standalone(args, ops, data, choice, seed * 1_000_003 + i)
         curve, _ = train_standalone(net, data["train"], data["test_batches"], cfg, seed)
         subnets.append({
             "choice": list(choice),
@@ -203,7 +203,7 @@ def run_repeat(args: argparse.Namespace, cfgs: tuple[TrainConfig, TrainConfig], 
     their correlations, and the warm-start comparison when asked."""
     start = time.time()
     cfg, oneshot_cfg = cfgs
-    supernet = _supernet(args, ops, data, seed)
+    supernet = make_supernet(args, ops, data, seed)
     oneshot = train_oneshot(supernet, data["train"], data["test_batches"], oneshot_cfg, choices, seed,
                             recal_batches=data["recal"])
     reference = oneshot_predict(supernet, data["train_batches"], None, data["recal"])
@@ -241,9 +241,9 @@ def warm_start_repeat(args: argparse.Namespace, cfgs: tuple[TrainConfig, TrainCo
     """Train the source net alone, a SuperNet warm-started from it (same seed, so the same fresh init elsewhere),
     and compare with the random-init run; the target accuracy is the random-init run's final mean one-shot top-1."""
     cfg, oneshot_cfg = cfgs
-    source = _standalone(args, ops, data, parse_choice(args.warm_start, ops, args.blocks), _source_seed(seed))
+    source = make_standalone(args, ops, data, parse_choice(args.warm_start, ops, args.blocks), source_seed(seed))
     source_curve, source_s = train_standalone(source, data["train"], data["test_batches"], cfg, seed)
-    supernet = _supernet(args, ops, data, seed)
+    supernet = make_supernet(args, ops, data, seed)
     initialised = warm_start(supernet, source)
     warm = train_oneshot(supernet, data["train"], data["test_batches"], oneshot_cfg, choices, seed,
                          recal_batches=data["recal"])
@@ -392,12 +392,12 @@ def plant_repeat(args: argparse.Namespace, cfgs: tuple[TrainConfig, TrainConfig]
     cfg, oneshot_cfg = cfgs
     choice = parse_choice(names, ops, args.blocks)
     space = enumerate_choices(args.blocks, len(ops))
-    net = _standalone(args, ops, data, choice, _source_seed(seed))
+    net = make_standalone(args, ops, data, choice, source_seed(seed))
     standalone_acc = train_standalone(net, data["train"], data["test_batches"], cfg, seed)[0][-1]
     records = []
     for frozen in {"no": [False], "yes": [True], "both": [False, True]}[args.freeze_planted]:
         start = time.time()
-        supernet = _supernet(args, ops, data, seed)
+        supernet = make_supernet(args, ops, data, seed)
         plant(supernet, net, frozen)
         initial = score_subnets(supernet, space, data["test_batches"], data["recal"])
         run = train_oneshot(supernet, data["train"], data["test_batches"], oneshot_cfg, space, seed,
@@ -508,18 +508,18 @@ def write_plots(summary: dict[str, Any], out: Path) -> None:
                   out / "kl_vs_standalone.png")
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN (an undefined correlation) as null, so results.json stays strict JSON."""
     if isinstance(value, float):
         return None if math.isnan(value) else value
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
-def _check_modes(args: argparse.Namespace) -> None:
+def check_modes(args: argparse.Namespace) -> None:
     if args.threads <= 0:
         raise UserError(f"--threads must be positive, got {args.threads}")
     check_head(args.head_grid, args.head_hidden, args.head_dropout)
@@ -532,7 +532,7 @@ def _check_modes(args: argparse.Namespace) -> None:
         raise UserError("--freeze-planted needs --plant")
 
 
-def _load_data(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, Any]:
+def load_data(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, Any]:
     train = load_dataset(args.dataset, args.data_root, train=True)
     test = load_dataset(args.dataset, args.data_root, train=False)
     train_set = _limited(train.dataset, args.limit_train, "--limit-train", args.seed)
@@ -548,15 +548,15 @@ def _load_data(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     start = time.time()
     args = parse_args(argv)
-    cfgs = _train_configs(args)
+    cfgs = train_configs(args)
     ops = validate_ops(args.ops)
-    choices = _study_choices(args, len(ops))
-    _check_modes(args)
+    choices = study_choices(args, len(ops))
+    check_modes(args)
     for names in [*(args.plant or []), *([args.warm_start] if args.warm_start else [])]:
         parse_choice(names, ops, args.blocks)
     standalone = load_standalone(args.standalone_from, args, choices) if args.standalone_from else None
     torch.set_num_threads(args.threads)
-    data = _load_data(args, cfgs[0])
+    data = load_data(args, cfgs[0])
     seeds = [args.seed + r for r in range(args.repeats)]
     print(f"{args.dataset}: {len(data['train'])} train / {sum(len(y) for _, y in data['test_batches'])} test images; "
           f"sharing {args.sharing}, {cfgs[0].epochs} stand-alone / {cfgs[1].epochs} one-shot epochs, "
@@ -580,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         write_plots(results, out)
     results.update(config=vars(args), wall_s=time.time() - start)
-    (out / "results.json").write_text(json.dumps(_json_safe(results), indent=2))
+    (out / "results.json").write_text(json.dumps(json_safe(results), indent=2))
     print(f"wall time {results['wall_s']:.0f} s; results in {out}")
     return results
 
