@@ -26,13 +26,15 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--probe-epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], dest="overrides", help="more search settings (dotted)")
+    parser.add_argument("--eval-epochs", type=int, default=8, help="epochs of the equal short training")
     args = parser.parse_args()
     out = Path(args.out)
     run_dir = out / "search"
     if not (run_dir / "genotype.json").is_file():
         assert search.main(["-c", str(ROOT / "experiments" / "quick_digits_reinforce.yaml"), "--run-dir", str(run_dir),
                             "--seed", str(args.seed), "--set", "search.select=probe", f"search.top_k={args.top_k}",
-                            f"search.probe_epochs={args.probe_epochs}"]) == 0
+                            f"search.probe_epochs={args.probe_epochs}", *args.overrides]) == 0
     selection = read_record(run_dir / "genotype.json")["search"]["selection"]
     picks = {"argmax": selection["argmax"], "best_sampled": selection["candidates"][0],
              "probe": next(c for c in [selection["argmax"], *selection["candidates"]]
@@ -43,7 +45,8 @@ def main() -> None:
     for rule, pick in picks.items():
         if pick["genotype"] not in trained:
             metrics = run_eval(pick["genotype"], str(ROOT / "experiments" / "eval_digits_smoke.yaml"),
-                               str(out / f"eval-{rule}"), overrides=[f"run.seed={args.seed}"])
+                               str(out / f"eval-{rule}"),
+                               overrides=[f"run.seed={args.seed}", f"train.epochs={args.eval_epochs}"])
             trained[pick["genotype"]] = metrics["top1"]
         rows.append(f"| {rule} | {pick['val_acc']} | {pick['val_reward']} | {pick.get('probe_acc', '-')} | "
                     f"{trained[pick['genotype']]:.2f} | `{pick['genotype']}` |")

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from controllers.base import Controller
+from controllers.base import Controller, Evaluate
 from nas.arch_types import NONE_OP, SKIP_OP, CellLayout, KeptOps, OpIndices
 from nas.checkpoint import seed_everything
 from nas.errors import UserError
@@ -66,9 +66,6 @@ class SelectConfig:
                 raise UserError(f"search.{name} must be a positive integer, got {value!r}")
         if not self.probe_lr > 0:
             raise UserError(f"search.probe_lr must be > 0, got {self.probe_lr}")
-
-
-Evaluate = Callable[..., tuple[float, float]]  # (path=...) -> (val loss, val top-1 %) on the architecture half
 
 
 def distinct_samples(controller: Controller, space: Any, kept_ops: KeptOps) -> list[dict[str, Any]]:
