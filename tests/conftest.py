@@ -38,6 +38,18 @@ TINY_SEARCH = [
 ]
 
 
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread, as the subprocesses and studies run: identical numerics, and no OpenMP spinning
+    against other processes on a busy 2-core machine (measured 4-10x slower with two threads)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared/data, skipping the test with a clear reason when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 from conftest import ROOT
 
 import train_eval
@@ -13,13 +12,7 @@ from nas.genotype import read_record
 SMOKE = str(ROOT / "experiments" / "eval_digits_smoke.yaml")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: two threads competing with other processes on 2 cores run this net 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def test_the_smoke_setting_learns_digits_in_a_few_epochs(tmp_path):

@@ -30,13 +30,7 @@ TINY = ["--genotype", "PDARTS", "--dataset", "digits", "--set", "model.C=4", "mo
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as the subprocesses get: identical numerics, and no oversubscription on 2 cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, str, str]:

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from conftest import ROOT
 
 from nas import info
@@ -16,12 +15,7 @@ from search_spaces.darts import eval_param_count
 SMALL = ["--C", "8", "--layers", "5"]  # CIFAR scale is the default; a small network keeps the test quick
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def run(argv: list[str], capsys) -> str:

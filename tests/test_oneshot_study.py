@@ -32,13 +32,7 @@ from search_spaces.chain import ChainSuperNet
 SCRIPT = ROOT / "experiments" / "oneshot_vs_standalone.py"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as the study itself runs: on a busy 2-core machine two threads spin (measured 4x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def test_sampler_uniform_given_distribution_and_path_dropout() -> None:

@@ -34,13 +34,7 @@ REFERENCE_PARAMS = {
 IMAGENET_YAML = str(ROOT / "experiments" / "eval_imagenet.yaml")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on 2 shared cores, more threads make these small forwards many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def built_params(genotype: Genotype, C: int, classes: int, layers: int, network: str) -> int:
