@@ -102,7 +102,7 @@ def stage_candidates(controller: Controller, space: Any, kept_ops: KeptOps, argm
                     **rescore(argmax, controller, space, kept_ops, evaluate)}
     key, top = ("val_reward", candidates[:min(SBO_TOP, rescored)]) if rescored else \
         ("sampled_reward_max", candidates[:SBO_TOP])
-    sbo = {"top10_reward": sum(c[key] for c in top) / len(top), "scored_by": key, "samples": len(top),
+    sbo = {"top10_reward": round(sum(c[key] for c in top) / len(top), 6), "scored_by": key, "samples": len(top),
            "argmax_reward": argmax_entry["val_reward"]}
     return candidates, {"argmax": argmax_entry, "sbo": sbo}
 
