@@ -26,6 +26,7 @@ SWEEP_FILE = "sweep.json"  # the expanded spec, written when the sweep starts
 TABLE_CSV, TABLE_MD = "sweep.csv", "sweep.md"
 HPARAMS = "hparams"
 PLOT = "sweep_params_acc.png"
+GENOTYPE_COLUMN = "genotype_str"  # the found (or trained) genotype; an eval sweep may vary a key named `genotype`
 # Result columns after the varied keys and the seed: (column, markdown header, number format).
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("params_M", "params (M)", ".3f"), ("flops_M", "FLOPs (M)", ".1f"), ("argmax_acc", "argmax acc (%)", ".2f"),
@@ -47,7 +48,7 @@ def _record(path: Path) -> dict[str, Any] | None:
 def _search_values(record: dict[str, Any]) -> dict[str, Any]:
     last = record["search"]["stages"][-1]
     metrics = record.get("metrics", {})
-    return {"genotype": record.get("genotype_str"), "params_M": metrics.get("params_M"),
+    return {GENOTYPE_COLUMN: record.get("genotype_str"), "params_M": metrics.get("params_M"),
             "flops_M": metrics.get("flops_M"), "argmax_acc": last.get("argmax_acc"),
             "best_reward": (last.get("best_recent") or {}).get("reward"),
             "wall_s": record["search"].get("wall_time_s")}
@@ -59,8 +60,8 @@ def _trained_values(record: dict[str, Any], with_size: bool) -> dict[str, Any]:
         return {}
     values = {"top1": metrics["top1"], "wall_s": metrics.get("wall_time_s")}
     if with_size:
-        values.update(genotype=str(genotype_from_dict(record["genotype"])), params_M=metrics["params_M"],
-                      flops_M=metrics["flops_M"])
+        values.update({GENOTYPE_COLUMN: str(genotype_from_dict(record["genotype"])), "params_M": metrics["params_M"],
+                       "flops_M": metrics["flops_M"]})
     return values
 
 
@@ -69,7 +70,7 @@ def trial_row(spec: Spec, sweep_dir: Path, index: int) -> dict[str, Any]:
     trial = spec.trials[index]
     trial_dir = sweep_dir / trial.name
     row: dict[str, Any] = {"trial": trial.name, **{k: trial.params.get(k) for k in spec.varied}, "seed": trial.seed,
-                           "status": read_state(trial_dir)["status"], "genotype": None,
+                           "status": read_state(trial_dir)["status"], GENOTYPE_COLUMN: None,
                            **{m: None for m, _, _ in METRICS}}
     wall = 0.0
     for stage in stage_names(spec):
@@ -136,7 +137,7 @@ def markdown(spec: Spec, rows: list[dict[str, Any]], figure: Path | None, sweep_
     if figure is not None:
         lines += ["", f"![parameters against accuracy]({figure.relative_to(sweep_dir).as_posix()})"]
     lines += ["", "Genotypes:", ""]
-    lines += [f"- {r['trial']}: `{r['genotype']}`" for r in rows if r["genotype"] is not None]
+    lines += [f"- {r['trial']}: `{r[GENOTYPE_COLUMN]}`" for r in rows if r[GENOTYPE_COLUMN] is not None]
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from nas import report, sweep
 from nas.errors import UserError
+from nas.genotype import load_genotype, make_record, write_record
+from nas.sweep_results import SWEEP_FILE, write_sweep_report
 from nas.sweep_spec import load_spec
 from nas.sweep_trial import DONE, read_state
 
@@ -130,7 +132,7 @@ def test_a_sweep_writes_every_trial_as_a_run_directory_and_the_table(finished: P
     assert [(json.loads(r["reward.alpha"]), int(r["seed"])) for r in table] == expected
     for row, trial_dir in zip(table, dirs):
         record = json.loads((trial_dir / "search" / "genotype.json").read_text())
-        assert row["status"] == DONE and row["genotype"] == record["genotype_str"]
+        assert row["status"] == DONE and row["genotype_str"] == record["genotype_str"]
         assert float(row["params_M"]) == record["metrics"]["params_M"]
         assert float(row["flops_M"]) == record["metrics"]["flops_M"] > 0
         assert float(row["argmax_acc"]) == record["search"]["stages"][-1]["argmax_acc"]
@@ -183,8 +185,8 @@ def test_a_killed_sweep_reruns_to_completion_without_running_a_trial_twice(crash
         else:  # not started, or killed before its first checkpoint: nothing to resume from
             assert modes[-1] == "fresh" and "resume" not in modes
     # Nothing was lost: every trial found what the uninterrupted sweep found.
-    assert [(r["trial"], r["genotype"], r["params_M"]) for r in rows(run_dir)] == \
-           [(r["trial"], r["genotype"], r["params_M"]) for r in rows(finished)]
+    assert [(r["trial"], r["genotype_str"], r["params_M"]) for r in rows(run_dir)] == \
+           [(r["trial"], r["genotype_str"], r["params_M"]) for r in rows(finished)]
 
 
 def test_a_different_spec_in_a_used_sweep_directory_is_refused(finished: Path, tmp_path: Path, capsys) -> None:
@@ -258,3 +260,23 @@ def test_the_worked_example_is_a_valid_spec() -> None:
     spec = load_spec(ROOT / "experiments" / "sweep_alpha_digits.yaml")
     assert spec.varied == ["reward.alpha"] and spec.seeds == [0, 1] and len(spec.trials) == 6
     assert spec.probe is not None and Path(spec.probe.config).name == "eval_digits_smoke.yaml"
+
+
+def test_an_eval_sweep_table_keeps_the_varied_genotype_apart_from_the_trained_one(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"kind": "eval", "base": str(ROOT / "experiments" / "eval_digits_smoke.yaml"),
+                                    "grid": {"genotype": ["PDARTS", "DARTS_V2"]}}))
+    spec = load_spec(path)
+    run_dir = tmp_path / "sweep"
+    write_record(run_dir / SWEEP_FILE, spec.to_dict())
+    trial = spec.trials[0]  # finished; the other never started
+    eval_metrics = {"top1": 97.5, "params_M": 0.1, "flops_M": 2.0, "wall_time_s": 30.0}
+    write_record(run_dir / trial.name / "eval" / "genotype.json",
+                 make_record(load_genotype("PDARTS"), metrics={"eval": eval_metrics}))
+    write_record(run_dir / trial.name / "trial.json", {"status": DONE, "stages": {"eval": DONE}, "attempts": []})
+    write_sweep_report(run_dir)
+    first, second = rows(run_dir)
+    assert (first["genotype"], first["genotype_str"]) == ("PDARTS", str(load_genotype("PDARTS")))
+    assert (float(first["top1"]), float(first["params_M"]), float(first["wall_s"])) == (97.5, 0.1, 30.0)
+    assert (second["genotype"], second["status"], second["top1"]) == ("DARTS_V2", "pending", "")
+    assert (run_dir / trial.name / "hparams").is_dir() and not (run_dir / spec.trials[1].name / "hparams").exists()
