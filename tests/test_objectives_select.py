@@ -53,7 +53,7 @@ def _check_stage_rewards(record: dict, metrics: list[str], mode: str, alpha: flo
             expected = _expected_reward(candidate, metric, mode, alpha, beta, base)
             assert candidate["val_reward"] == pytest.approx(expected, rel=2e-3, abs=1e-5), (metric, candidate)
         top = stage["candidates"][:min(SBO_TOP, 4)]  # search.rescore=4: the SBO check over the 4 rescored
-        assert stage["sbo"]["top10_reward"] == pytest.approx(sum(c["val_reward"] for c in top) / len(top))
+        assert stage["sbo"]["top10_reward"] == pytest.approx(sum(c["val_reward"] for c in top) / len(top), abs=1e-6)
         assert all("val_reward" not in c for c in stage["candidates"][4:])
         assert stage["sbo"]["argmax_reward"] == stage["argmax_rescored"]["val_reward"]
 
