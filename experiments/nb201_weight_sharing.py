@@ -240,9 +240,11 @@ def parse_args(argv: list[str] | None):
                    help="the folder holding cifar-10-batches-py of the shared JPEG CIFAR-10 (see nb201_quick.yaml)")
     p.add_argument("--table", default=str(TABLE), help="NAS-Bench-201's CIFAR-10 table (arch, cifar10_test_acc, "
                    "iso_key)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS, help="(none: skip the searches)")
     p.add_argument("--variants", nargs="*", help="ranking variants to run (default: all; none: skip the ranking)")
     p.add_argument("--seeds", type=int, help="seeds per method (default: the preset's)")
+    p.add_argument("--ranking-epochs", type=int, metavar="E",
+                   help="train the ranking supernets E epochs, scoring after E/4 and E (default: the preset's)")
     p.add_argument("--workers", type=int, default=2, help="parallel worker processes, one torch thread each")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     return p.parse_args(argv)
@@ -255,8 +257,12 @@ def plan(args) -> tuple[Preset, list[tuple[float, str, Any, tuple]], dict[str, A
     preset = PRESETS["smoke" if args.smoke else "full" if args.full else "default"]
     if args.seeds is not None:
         preset = replace(preset, search=replace(preset.search, seeds=args.seeds))
-    if preset.search.seeds < 1 or args.workers < 1:
-        raise UserError("--seeds and --workers must be positive")
+    if preset.search.seeds < 1 or args.workers < 1 or (args.ranking_epochs is not None and args.ranking_epochs < 1):
+        raise UserError("--seeds, --workers and --ranking-epochs must be positive")
+    if args.ranking_epochs is not None:
+        epochs = args.ranking_epochs
+        preset = replace(preset, ranking=replace(preset.ranking, epochs=epochs,
+                                                 score_epochs=sorted({max(1, epochs // 4), epochs})))
     variants = preset.variants if args.variants is None else {v: preset.variants[v] for v in args.variants
                                                               if v in preset.variants or _unknown_variant(v, preset)}
     bench = TabularBenchmark(args.table)
