@@ -58,6 +58,23 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+CIFAR10_CACHE = Path("~/.cache/pdarts-nas/cifar10").expanduser()  # where nb201_quick.yaml reads the shared batches
+
+
+@pytest.fixture(scope="session")
+def shared_cifar10(tmp_path_factory) -> Path:
+    """A data.root holding the shared CIFAR-10's batches: the documented cache when it is there, else built once."""
+    import subprocess
+
+    batches = shared_path("cifar10_jpeg", "cifar10_jpeg_q75.npz")
+    if (CIFAR10_CACHE / "cifar-10-batches-py" / "batches.meta").is_file():
+        return CIFAR10_CACHE
+    root = tmp_path_factory.mktemp("cifar10_jpeg")
+    subprocess.run([sys.executable, str(batches.parent / "make_batches.py"), str(batches),
+                    str(root / "cifar-10-batches-py")], check=True, capture_output=True, timeout=600)
+    return root
+
+
 # The tiny searches several test modules inspect, run once per session: search records, monitor tags, and the
 # uninterrupted reference of the fault-injection test (hence the frequent checkpoints).
 TINY_RUN_SETTINGS = [*TINY_SEARCH, "run.draw=true", "run.checkpoint_every=3"]

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SHARED_DATA, shared_path
+from conftest import ROOT, SHARED_DATA
 
 import search
 from nas import search as search_loop
@@ -27,7 +25,6 @@ TINY = ["space=nb201", "data.dataset=digits", "data.root=data", "data.limit=400"
 CONTROLLER = {"gradient": [],
               "reinforce": ["reinforce.sample=edges", "reinforce.epsilon=[0.2,0.2]", "reinforce.samples_per_update=2",
                             "reward.alpha=[0.0,0.0]", "reward.p_base=[1.0,1.0]"]}
-CACHE = Path("~/.cache/pdarts-nas/cifar10").expanduser()  # where nb201_quick.yaml reads the shared batches
 
 
 def run(run_dir: Path, controller: str, *extra: str) -> int:
@@ -113,18 +110,6 @@ def test_the_quick_config_is_valid_with_every_controller(controller: str) -> Non
     one_stage += {"reinforce": ["reinforce.epsilon=[0.2]", "reward.alpha=[0.0]", "reward.p_base=[1.0]"]}.get(
         controller, [])
     assert load_config(SearchConfig, QUICK, [f"controller={controller}", *extra, *one_stage]).num_stages == 1
-
-
-@pytest.fixture(scope="module")
-def shared_cifar10(tmp_path_factory) -> Path:
-    """A data.root holding the shared CIFAR-10's batches: the documented cache when it is there, else built once."""
-    batches = shared_path("cifar10_jpeg", "cifar10_jpeg_q75.npz")
-    if (CACHE / "cifar-10-batches-py" / "batches.meta").is_file():
-        return CACHE
-    root = tmp_path_factory.mktemp("cifar10_jpeg")
-    subprocess.run([sys.executable, str(batches.parent / "make_batches.py"), str(batches),
-                    str(root / "cifar-10-batches-py")], check=True, capture_output=True, timeout=600)
-    return root
 
 
 def test_the_md5s_the_loader_checks_are_those_of_the_published_batches(shared_cifar10: Path) -> None:

@@ -24,25 +24,12 @@ from nb201_ws_ranking import PathSampler, iso_classes, precision_at_top, study_c
 
 SCRIPT = ROOT / "experiments" / "nb201_weight_sharing.py"
 TABLE = SHARED_DATA / "nb201" / "nb201_cifar10.csv"
-CACHE = Path("~/.cache/pdarts-nas/cifar10").expanduser()
 
 
-@pytest.fixture(scope="module")
-def cifar10_root(tmp_path_factory) -> Path:
-    """The shared CIFAR-10's batches: the documented cache when it is there, else built once."""
-    batches = shared_path("cifar10_jpeg", "cifar10_jpeg_q75.npz")
-    if (CACHE / "cifar-10-batches-py" / "batches.meta").is_file():
-        return CACHE
-    root = tmp_path_factory.mktemp("cifar10_jpeg")
-    subprocess.run([sys.executable, str(batches.parent / "make_batches.py"), str(batches),
-                    str(root / "cifar-10-batches-py")], check=True, capture_output=True, timeout=600)
-    return root
-
-
-def test_smoke_runs_the_ranking_and_every_method_and_writes_the_results(cifar10_root: Path, tmp_path: Path) -> None:
+def test_smoke_runs_the_ranking_and_every_method_and_writes_the_results(shared_cifar10: Path, tmp_path: Path) -> None:
     shared_path("nb201", "nb201_cifar10.csv")
     done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path), "--data-root",
-                           str(cifar10_root)], capture_output=True, text=True, timeout=600)
+                           str(shared_cifar10)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["complete"] is True
