@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_oneshot_study import one_thread  # noqa: F401 (an autouse fixture: one torch thread)
 
 from nas.errors import UserError
 from nas.metrics import count_parameters
@@ -25,6 +24,8 @@ from search_spaces.chain import (
 from search_spaces.ops import ReLUConvBN
 
 C = 4
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def conv_params(k: int, c: int = C) -> int:
