@@ -26,7 +26,7 @@ import resource
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
@@ -55,6 +55,10 @@ PDARTS_STAGES = 3  # the controllers' per-stage defaults are lists of 3
 REINFORCE_BEHAVIOURS = ("multinomial", "uniform", "epsilon_greedy", "argmax")
 METHODS = ("darts_v1", "darts_v2", "gdas", *(f"reinforce_{b}" for b in REINFORCE_BEHAVIOURS), "pdarts", "rsps")
 COST = {"darts_v1": 12.0, "darts_v2": 30.0, "gdas": 2.0, "pdarts": 8.0, "rsps": 1.2}  # per epoch, in path steps
+# The ranking's supernet trainings, as changes to the preset's RankingSetting. The first (uniform over ops) is scored
+# after each of the setting's score_epochs, the others after the last epoch only.
+VARIANTS: dict[str, dict[str, Any]] = {"uniform_ops": {}, "uniform_cells": {"sampling": "cells"},
+                                       "path_dropout": {"path_dropout": 0.5}}
 # The NAS-Bench-201 paper's weight-sharing searches on CIFAR-10 (test accuracy, %), and its best cell.
 PAPER = {"DARTS-V1": 54.30, "DARTS-V2": 54.30, "ENAS": 54.30, "SETN": 87.64, "RSPS": 87.66, "GDAS": 93.61,
          "best cell": 94.37}
@@ -76,15 +80,12 @@ class SearchPreset:
 
 @dataclass
 class Preset:
-    """A whole benchmark: the searches, the ranking supernets and how many cells they score."""
+    """A whole benchmark: the searches, the ranking's supernet training and how many cells it scores."""
 
     search: SearchPreset
     ranking: RankingSetting
     cells: int
     top: int
-    variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {
-        "uniform_ops": {}, "uniform_cells": {"sampling": "cells"}, "path_dropout": {"path_dropout": 0.5}})
-    # the uniform-over-ops supernet is scored after each of the ranking's score_epochs, the variants at the end only
 
 
 PRESETS = {
@@ -241,7 +242,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--table", default=str(TABLE), help="NAS-Bench-201's CIFAR-10 table (arch, cifar10_test_acc, "
                    "iso_key)")
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS, help="(none: skip the searches)")
-    p.add_argument("--variants", nargs="*", help="ranking variants to run (default: all; none: skip the ranking)")
+    p.add_argument("--variants", nargs="*", choices=list(VARIANTS),
+                   help="ranking variants to run (default: all; none: skip the ranking)")
     p.add_argument("--seeds", type=int, help="seeds per method (default: the preset's)")
     p.add_argument("--ranking-epochs", type=int, metavar="E",
                    help="train the ranking supernets E epochs, scoring after E/4 and E (default: the preset's)")
@@ -263,8 +265,7 @@ def plan(args) -> tuple[Preset, list[tuple[float, str, Any, tuple]], dict[str, A
         epochs = args.ranking_epochs
         preset = replace(preset, ranking=replace(preset.ranking, epochs=epochs,
                                                  score_epochs=sorted({max(1, epochs // 4), epochs})))
-    variants = preset.variants if args.variants is None else {v: preset.variants[v] for v in args.variants
-                                                              if v in preset.variants or _unknown_variant(v, preset)}
+    variants = {name: VARIANTS[name] for name in (VARIANTS if args.variants is None else args.variants)}
     bench = TabularBenchmark(args.table)
     load_dataset("cifar10_jpeg", args.data_root, train=False)  # a missing cache is a one-line error now
     out = Path(args.out)
@@ -292,10 +293,6 @@ def plan(args) -> tuple[Preset, list[tuple[float, str, Any, tuple]], dict[str, A
             tasks.append((seed, cost, "search", (method, seed), (argv, run_dir, cfg.to_tree())))
     context = {"preset": asdict(preset), "codes": codes, "truth": truth, "bench": bench, "out": out}
     return preset, [task[1:] for task in sorted(tasks, key=lambda t: (t[0], -t[1]))], context
-
-
-def _unknown_variant(name: str, preset: Preset) -> bool:
-    raise UserError(f"unknown ranking variant {name!r}; choose from: {', '.join(preset.variants)}")
 
 
 def run_tasks(tasks: list[tuple[float, str, Any, tuple]], workers: int,
