@@ -43,7 +43,7 @@ from nas.config import load_config
 from nas.data import load_dataset
 from nas.errors import OneLineParser, UserError, exit_on_user_error
 from nas.genotype import read_record
-from nas.nb201_table import TabularBenchmark
+from nas.nb201_table import REINFORCE_BEHAVIOURS, TabularBenchmark
 from nas.search_config import SearchConfig
 from search_spaces.nb201 import code_to_arch
 
@@ -52,9 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments" / "nb201_quick.yaml"
 TABLE = ROOT.parent / "shared" / "data" / "nb201" / "nb201_cifar10.csv"
 PDARTS_STAGES = 3  # the controllers' per-stage defaults are lists of 3
-REINFORCE_BEHAVIOURS = ("multinomial", "uniform", "epsilon_greedy", "argmax")
 METHODS = ("darts_v1", "darts_v2", "gdas", *(f"reinforce_{b}" for b in REINFORCE_BEHAVIOURS), "pdarts", "rsps")
-COST = {"darts_v1": 12.0, "darts_v2": 30.0, "gdas": 2.0, "pdarts": 8.0, "rsps": 1.2}  # per epoch, in path steps
+# Expected cost per epoch in single-path steps (REINFORCE: 2.5), to start the longest jobs of a round first.
+COST = {"darts_v1": 12.0, "darts_v2": 30.0, "gdas": 2.0, "pdarts": 8.0, "rsps": 1.2}
 # The ranking's supernet trainings, as changes to the preset's RankingSetting. The first (uniform over ops) is scored
 # after each of the setting's score_epochs, the others after the last epoch only.
 VARIANTS: dict[str, dict[str, Any]] = {"uniform_ops": {}, "uniform_cells": {"sampling": "cells"},
