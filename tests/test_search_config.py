@@ -108,5 +108,5 @@ def test_foreign_checkpoint_is_refused(tmp_path, capsys):
 
 def test_repeated_set_flags_all_apply():
     args = search.parse_args(["-c", QUICK, "--set", "model.C=4", "--set", "data.batch_size=8", "optim.lr=0.1"])
-    cfg, _ = search.prepare(args)
+    cfg, _ = search.prepare(args, world_size=1)
     assert (cfg.model.C, cfg.data.batch_size, cfg.optim.lr) == (4, 8, 0.1)
