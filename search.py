@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from nas.config import load_config
-from nas.errors import UserError, exit_on_user_error
+from nas.core.config import load_config
+from nas.core.errors import UserError, exit_on_user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,8 +47,8 @@ def setup_logging(run_dir: Path, is_main: bool) -> None:
 
 def prepare(args: argparse.Namespace, world_size: int):
     """Validate the command line and the config, and choose the run directory, before any work."""
-    from nas.checkpoint import load_checkpoint
-    from nas.search_config import SearchConfig
+    from nas.core.checkpoint import load_checkpoint
+    from nas.engine.search_config import SearchConfig
 
     if args.resume:
         if args.config or args.overrides or args.stage is not None:
@@ -77,12 +77,12 @@ def prepare(args: argparse.Namespace, world_size: int):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with exit_on_user_error():
-        from nas.device import resolve_device
-        from nas.distributed import barrier, broadcast_object, dist_info, process_group
+        from nas.core.device import resolve_device
+        from nas.core.distributed import barrier, broadcast_object, dist_info, process_group
 
         info = dist_info()
         cfg, run_dir = prepare(args, info.world_size)
-        from nas.search import Search, TrainingDiverged
+        from nas.engine.search_loop import Search, TrainingDiverged
 
         with process_group(info, resolve_device(cfg.run.device, info.local_rank)):
             run_dir = broadcast_object(run_dir)  # rank 0's timestamped name

@@ -29,11 +29,11 @@ setup(
         "console_scripts": [
             "nas-search=search:main",
             "nas-train=train_eval:main",
-            "nas-plot=nas.visualize:main",
-            "nas-report=nas.report:main",
-            "nas-info=nas.info:main",
-            "nas-latency=nas.latency:main",
-            "nas-sweep=nas.sweep:main",
+            "nas-plot=nas.cli.plot:main",
+            "nas-report=nas.cli.report:main",
+            "nas-info=nas.cli.info:main",
+            "nas-latency=nas.benchmarks.latency:main",
+            "nas-sweep=nas.sweep.driver:main",
         ]
     },
 )

@@ -14,8 +14,8 @@ import json
 import sys
 from typing import Sequence
 
-from nas.errors import OneLineParser, exit_on_user_error
-from nas.evaluate import NonFiniteLoss, run_eval
+from nas.core.errors import OneLineParser, exit_on_user_error
+from nas.engine.trainer import NonFiniteLoss, run_eval
 
 # Short options and the config keys they set.
 SHORT_FORMS = {"dataset": "data.dataset", "epochs": "train.epochs", "batch_size": "train.batch_size",

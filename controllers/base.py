@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from nas.arch_types import KeptOps, OpIndices
+from nas.core.arch_types import KeptOps, OpIndices
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Evaluate = Callable[..., tuple[float, float]]  # (**supernet forward kwargs) -> (val loss, val top-1 %)

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from controllers.base import ArchStepContext, Controller, Evaluate, StageContext
-from nas.arch_types import OpIndices
-from nas.distributed import all_mean, world
-from nas.errors import UserError
+from nas.core.arch_types import OpIndices
+from nas.core.distributed import all_mean, world
+from nas.core.errors import UserError
 
 
 @dataclass

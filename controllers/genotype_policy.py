@@ -27,8 +27,8 @@ from typing import Callable, NamedTuple
 import torch
 
 from controllers.sampling import BehaviourPolicy, log_softmax
-from nas.arch_types import NONE_OP, SKIP_OP, CellLayout, OpIndices
-from nas.errors import UserError
+from nas.core.arch_types import NONE_OP, SKIP_OP, CellLayout, OpIndices
+from nas.core.errors import UserError
 
 OFF = -1  # path entry of an edge that the genotype does not use
 

@@ -22,8 +22,8 @@ from torch import nn
 from torch.func import functional_call
 
 from controllers.base import ArchStepContext, Controller, StageContext
-from nas.distributed import all_mean
-from nas.errors import UserError
+from nas.core.distributed import all_mean
+from nas.core.errors import UserError
 
 
 @dataclass

@@ -6,7 +6,7 @@ from controllers.gdas import GdasController
 from controllers.gradient import GradientController
 from controllers.reinforce import ReinforceController
 from controllers.rsps import RspsController
-from nas.registry import lookup
+from nas.core.registry import lookup
 
 CONTROLLERS: dict[str, type[Controller]] = {
     GradientController.name: GradientController,

@@ -62,10 +62,10 @@ from controllers.sampling import (
     stack_paths,
     unstack_paths,
 )
-from nas.arch_types import CellLayout, KeptOps, OpIndices
-from nas.batchnorm import batch_stat_eval
-from nas.distributed import all_gather_cat, world
-from nas.errors import UserError
+from nas.core.arch_types import CellLayout, KeptOps, OpIndices
+from nas.core.batchnorm import batch_stat_eval
+from nas.core.distributed import all_gather_cat, world
+from nas.core.errors import UserError
 
 INIT_STD = 1e-3
 IMPORTANCE = ("path", "decision")

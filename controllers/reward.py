@@ -1,7 +1,7 @@
 """The REINFORCE reward: validation accuracy with a constraint on a cost m of the architecture (MnasNet's form).
 
 m is, per stage (`reward.metric`), the parameters (millions), the FLOPs (millions of multiply-adds, thop) or the
-latency (ms, summed from a measured per-part table: nas/latency.py) of the eval-scale network of the sampled
+latency (ms, summed from a measured per-part table: nas/benchmarks/latency.py) of the eval-scale network of the sampled
 architecture. With m_base the stage's `reward.p_base` (in the metric's unit):
 
 - ``soft`` (MnasNet's soft constraint, alpha = beta): R = acc * (m / m_base) ** alpha, alpha <= 0 per stage;
@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from nas.errors import UserError
-from nas.latency import LatencyTable, load_table
+from nas.core.errors import UserError
+from nas.core.latency_table import LatencyTable, load_table
 
 METRICS = ("params", "flops", "latency")
 MODES = ("soft", "hard")

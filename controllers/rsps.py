@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from controllers.base import ArchStepContext, Controller, StageContext
-from nas.arch_types import OpIndices
-from nas.batchnorm import batch_stat_eval
-from nas.errors import UserError
+from nas.core.arch_types import OpIndices
+from nas.core.batchnorm import batch_stat_eval
+from nas.core.errors import UserError
 
 
 @dataclass

@@ -21,8 +21,8 @@ from typing import Callable, ClassVar, Sequence
 
 import torch
 
-from nas.arch_types import OpIndices
-from nas.errors import UserError
+from nas.core.arch_types import OpIndices
+from nas.core.errors import UserError
 
 BatchedPaths = dict[str, torch.Tensor]  # group -> LongTensor[n, E]: op index per sample and edge
 

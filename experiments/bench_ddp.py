@@ -9,7 +9,7 @@
    end-of-epoch validation are left out); scaling efficiency = samples/s at N / (N x samples/s at 1). On CPU
    every process runs one thread.
 2. Gradient sync of single-path weight steps on N processes (each rank a different uniform path, the same
-   supernet): the engine's all-reduce (nas.distributed.average_gradients: zeros for ops a rank did not run, one
+   supernet): the engine's all-reduce (nas.core.distributed.average_gradients: zeros for ops a rank did not run, one
    flat all-reduce after backward) against DistributedDataParallel(find_unused_parameters=True); ms per step, the
    best of two alternating rounds.
 """
@@ -56,8 +56,8 @@ def search_worker(argv: list[str]) -> None:
     """Under torchrun: search.py's main with every training epoch timed; rank 0 prints the seconds as JSON."""
     sys.path.insert(0, str(ROOT))
     import search
-    from nas import search as loop
-    from nas.distributed import world
+    from nas.core.distributed import world
+    from nas.engine import search_loop as loop
 
     seconds: list[float] = []
     train_epoch = loop.StageRunner._train_epoch
@@ -81,9 +81,9 @@ def sync_worker() -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     sys.path.insert(0, str(ROOT))
-    from nas.data import load_dataset
-    from nas.device import resolve_device
-    from nas.distributed import average_gradients, dist_info, process_group
+    from nas.core.data import load_dataset
+    from nas.core.device import resolve_device
+    from nas.core.distributed import average_gradients, dist_info, process_group
     from search_spaces.registry import space_class
 
     info = dist_info()
@@ -125,7 +125,7 @@ def sync_worker() -> None:
 
 
 def _model_config(C: int):
-    from search_spaces.darts import DartsModelConfig
+    from search_spaces.darts.space import DartsModelConfig
 
     return DartsModelConfig(C=C)
 

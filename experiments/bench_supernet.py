@@ -34,15 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from controllers.reinforce import ReinforceConfig, ReinforceController
-from nas.errors import UserError, exit_on_user_error
-from search_spaces.darts import (
-    GROUPS,
-    CellSpec,
-    DartsSpace,
-    FixedNetwork,
-    SearchNetwork,
-    edges_per_cell,
-)
+from nas.core.errors import UserError, exit_on_user_error
+from search_spaces.darts.geometry import GROUPS, CellSpec, edges_per_cell
+from search_spaces.darts.networks import FixedNetwork, SearchNetwork
+from search_spaces.darts.space import DartsSpace
 from search_spaces.depthwise import Depthwise
 from search_spaces.ops import DARTS_OPS
 

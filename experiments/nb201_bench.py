@@ -3,7 +3,7 @@
 python experiments/nb201_bench.py --table ../shared/data/nb201/nb201_cifar10.csv --budget 100 300 --seeds 100
 
 Every method runs once per seed with the largest budget; a smaller budget's result is read from the same run,
-which is exact because no method's choices depend on its budget (see nas/nb201_table.py: QueryOracle).
+which is exact because no method's choices depend on its budget (see nas/benchmarks/nb201_table.py: QueryOracle).
 Writes OUT/results.json ({method: {budget: {mean, std, hit_rate, queries_to_within_0.1, within_0.1_rate}}}),
 OUT/meta.json and OUT/best_vs_queries.png, and prints the table.
 """
@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from controllers.reinforce import IMPORTANCE, ReinforceConfig  # noqa: E402
-from nas.errors import UserError, exit_on_user_error  # noqa: E402
-from nas.nb201_table import METHODS, TabularBenchmark, run_method  # noqa: E402
+from nas.benchmarks.nb201_table import METHODS, TabularBenchmark, run_method  # noqa: E402
+from nas.core.errors import UserError, exit_on_user_error  # noqa: E402
 
 WITHIN = 0.1  # accuracy points below the optimum that count as "found a near-optimal cell"
 

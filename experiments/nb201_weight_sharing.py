@@ -1,6 +1,6 @@
 """Weight-sharing NAS against NAS-Bench-201's ground truth on the whole CIFAR-10 (one JPEG pass).
 
-(a) Ranking (experiments/nb201_ws_ranking.py): train a supernet on the search split with one uniformly sampled
+(a) Ranking (nas/benchmarks/nb201_ranking.py): train a supernet on the search split with one uniformly sampled
     cell per minibatch, score 200 cells stratified over the table's accuracy plus its top 20 one-shot on held-out
     test images (BatchNorm on batch statistics, and recalibrated), and correlate with the table's
     `cifar10_test_acc`: Kendall tau, Spearman rho, precision at the top 5%, and the KL-to-all-on rho; then the same
@@ -34,17 +34,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import yaml
-from nb201_ws_ranking import RankingSetting, check_setting, iso_classes, run_ranking, study_cells
 
 import search
 from controllers.registry import controller_class
-from nas.checkpoint import CHECKPOINT
-from nas.config import load_config
-from nas.data import load_dataset
-from nas.errors import OneLineParser, UserError, exit_on_user_error
-from nas.genotype import read_record
-from nas.nb201_table import REINFORCE_BEHAVIOURS, TabularBenchmark
-from nas.search_config import SearchConfig
+from nas.benchmarks.nb201_ranking import RankingSetting, check_setting, iso_classes, run_ranking, study_cells
+from nas.benchmarks.nb201_table import REINFORCE_BEHAVIOURS, TabularBenchmark
+from nas.core.checkpoint import CHECKPOINT
+from nas.core.config import load_config
+from nas.core.data import load_dataset
+from nas.core.errors import OneLineParser, UserError, exit_on_user_error
+from nas.core.records import read_record
+from nas.engine.search_config import SearchConfig
 from search_spaces.nb201 import code_to_arch
 
 ROOT = Path(__file__).resolve().parents[1]

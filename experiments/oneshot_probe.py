@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import oneshot_vs_standalone as study
 import torch
 
-from nas.errors import UserError, exit_on_user_error
-from nas.metrics import kendall_tau
-from nas.oneshot import Batches, score_subnets, train_oneshot, train_standalone
+from nas.benchmarks import oneshot_study as study
+from nas.benchmarks.oneshot import Batches, score_subnets, train_oneshot, train_standalone
+from nas.core.errors import UserError, exit_on_user_error
+from nas.core.metrics import kendall_tau
 from search_spaces.chain import parse_choice, validate_ops, warm_start
 
 

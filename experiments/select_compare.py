@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 import search
-from nas.evaluate import run_eval
-from nas.genotype import read_record
+from nas.core.records import read_record
+from nas.engine.trainer import run_eval
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,1 +1,1 @@
-"""Published and found genotype records, one JSON file per genotype (see nas.genotype.load_genotype)."""
+"""Published and found genotype records, one JSON file per genotype (see search_spaces.darts.genotype.load_genotype)."""

@@ -1,4 +1,4 @@
-"""The interface a search space offers the search engine (nas/search.py); spaces are found by name in
+"""The interface a search space offers the search engine (nas/engine/search_loop.py); spaces are found by name in
 search_spaces/registry.py. See EXTENDING.md for a worked example.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas.arch_types import NONE_OP, CellLayout, KeptOps, OpIndices
-from nas.errors import UserError
+from nas.core.arch_types import NONE_OP, CellLayout, KeptOps, OpIndices
+from nas.core.errors import UserError
 
 PartFactory = Callable[[], tuple[nn.Module, tuple[int, ...]]]  # a latency-table part: (module, input shape)
 
@@ -115,7 +115,7 @@ class SearchSpace(ABC):
     def flops_millions(self, arch: Any) -> float:
         """Multiply-adds (millions) of the eval-scale network on one image of the dataset's size."""
 
-    # ----- latency (nas/latency.py measures the table) -----
+    # ----- latency (nas/benchmarks/latency.py measures the table) -----
     def latency_scale(self) -> dict[str, int]:
         """The eval-scale settings (C, layers, size, ...) a latency table for this search must have been built at."""
         raise UserError(f"the {self.name} space has no latency model; use reward.metric params or flops")

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.errors import UserError
+from nas.core.errors import UserError
 from search_spaces.ops import ReLUConvBN, build_op, canonical_op_name
 
 Choice = tuple[int, ...]  # one op index per block: a subnet

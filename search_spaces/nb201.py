@@ -11,7 +11,7 @@ The network (the benchmark's): stem conv3x3 + BN, three stages of N cells at C, 
 residual reduction block between stages, BN + ReLU, global pool, linear. The benchmark trains every cell at
 C=16, N=5; a search's supernet has `model.C` channels and `stages.layers[k]` cells per stage.
 
-The tabular benchmark and the black-box searches on it live in nas/nb201_table.py; it reaches the encoding
+The tabular benchmark and the black-box searches on it live in nas/benchmarks/nb201_table.py; it reaches the encoding
 below (architecture codes) through the registry, as attributes of :class:`NB201Space`.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.arch_types import NONE_OP, OpIndices
-from nas.errors import UserError
+from nas.core.arch_types import NONE_OP, OpIndices
+from nas.core.errors import UserError
 from search_spaces.base import DataShape, KeptOps, SearchSpace
 from search_spaces.ops import PreActivated, ReLUConvBN, build_op
 
@@ -312,7 +312,7 @@ def count_params(arch: str, C: int = EVAL_C, cells_per_stage: int = EVAL_N, num_
 def _profiled(build: Callable[[], nn.Module], shape: tuple[int, ...]) -> float:
     """thop's MACs (millions) of a module built alone. The global RNG is left as it was: a search costs samples as
     it goes, and a resumed run, whose caches start empty, must draw the same random numbers."""
-    from nas.metrics import flops_millions
+    from nas.core.metrics import flops_millions
 
     with torch.random.fork_rng(devices=[]):
         return flops_millions(build(), shape)
@@ -393,7 +393,8 @@ class NB201Space(SearchSpace):
     name = "nb201"
     config_sections = {"model": NB201ModelConfig}
     min_layers = 1
-    # The architecture encoding, which the tabular benchmark (nas/nb201_table.py) reaches through the registry.
+    # The architecture encoding, which the tabular benchmark (nas/benchmarks/nb201_table.py) reaches through the
+    # registry.
     ops = NB201_OPS
     edges = EDGES
     group = GROUP

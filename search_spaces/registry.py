@@ -1,9 +1,9 @@
 """Every search space by name: adding a space is its module plus one line here."""
 from __future__ import annotations
 
-from nas.registry import lookup
+from nas.core.registry import lookup
 from search_spaces.base import SearchSpace
-from search_spaces.darts import DartsSpace
+from search_spaces.darts.space import DartsSpace
 from search_spaces.nb201 import NB201Space
 
 SPACES: dict[str, type[SearchSpace]] = {

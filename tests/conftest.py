@@ -50,6 +50,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def load_script(name: str):
+    """The module of the script experiments/NAME.py, loaded from its path (experiments/ is no package, and no test
+    puts it on sys.path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look a class's module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared/data, skipping the test with a clear reason when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import search  # noqa: E402
-from nas import search as loop  # noqa: E402
+from nas.engine import search_loop as loop  # noqa: E402
 
 RANK = int(os.environ.get("RANK", "0"))
 TRACE: dict[str, list[Any]] = {"logits": [], "paths": []}

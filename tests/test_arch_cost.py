@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from nas.genotype import load_genotype, shipped_genotype_names
-from nas.metrics import flops_millions
-from search_spaces.darts import DartsSpace, NetworkEval
-from search_spaces.darts_cost import eval_flops_millions
+from nas.core.metrics import flops_millions
+from search_spaces.darts.cost import eval_flops_millions
+from search_spaces.darts.genotype import load_genotype, shipped_genotype_names
+from search_spaces.darts.networks import NetworkEval
+from search_spaces.darts.space import DartsSpace
 from search_spaces.ops import DARTS_OPS
 
 
@@ -39,7 +40,7 @@ def test_costing_an_architecture_leaves_the_global_rng_alone() -> None:
     """A search costs each sample as it goes; a resumed run (empty tables) must draw the same random numbers."""
     import torch
 
-    from search_spaces.darts import eval_param_count
+    from search_spaces.darts.networks import eval_param_count
 
     genotype = load_genotype("PC_DARTS")
     before = torch.get_rng_state()

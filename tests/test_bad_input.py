@@ -10,9 +10,9 @@ from conftest import ROOT, TINY_SEARCH
 
 import search
 import train_eval
-from nas import checkpoint
-from nas.data import ImageData
-from nas.genotype import load_genotype
+from nas.core import checkpoint
+from nas.core.data import ImageData
+from search_spaces.darts.genotype import load_genotype
 
 QUICK = str(ROOT / "experiments" / "quick_digits.yaml")
 GOOD = str(load_genotype("DARTS_V2"))  # the DARTS string form, edited below into bad variants
@@ -60,7 +60,7 @@ def test_bad_search_config(overrides, message, capsys, tmp_path):
 def test_image_too_small_for_the_reductions(monkeypatch, capsys, tmp_path):
     tiny = ImageData(torch.utils.data.TensorDataset(torch.zeros(40, 1, 3, 3), torch.zeros(40, dtype=torch.long)),
                      1, 3, 10)
-    monkeypatch.setattr("nas.data.load_dataset", lambda *a, **k: tiny)
+    monkeypatch.setattr("nas.core.data.load_dataset", lambda *a, **k: tiny)
     err = _one_line_exit_2(search.main, ["-c", QUICK, "--run-dir", str(tmp_path / "r")], capsys)
     assert "too small for the two reduction cells" in err
 

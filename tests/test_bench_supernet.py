@@ -1,7 +1,6 @@
 """The supernet benchmark runs end to end on a tiny setting and writes every key (no timing assertions)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,8 +8,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import ROOT, load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "bench_supernet.py"
 CASES = {"mixture", "path", "child", "baseline", "baseline_cl", "controller"}
 RATIOS = {"path_over_child", "mixture_over_path", "baseline_over_mixture", "baseline_cl_over_mixture",
@@ -18,10 +17,7 @@ RATIOS = {"path_over_child", "mixture_over_path", "baseline_over_mixture", "base
 
 
 def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_supernet", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_supernet")
 
 
 def test_bench_writes_every_key(tmp_path: Path) -> None:

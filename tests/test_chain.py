@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas.errors import UserError
-from nas.metrics import count_parameters
-from nas.oneshot import train_step
+from nas.benchmarks.oneshot import train_step
+from nas.core.errors import UserError
+from nas.core.metrics import count_parameters
 from search_spaces.chain import (
     SHARING_MODES,
     ChainSuperNet,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from nas.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from nas.errors import UserError
+from nas.core.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nas.core.errors import UserError
 
 
 def _truncate(path, keep: float = 0.5) -> None:

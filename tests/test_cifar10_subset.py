@@ -16,8 +16,8 @@ import torchvision
 from conftest import shared_path
 
 import train_eval
-from nas.data import load_dataset
-from nas.genotype import read_record
+from nas.core.data import load_dataset
+from nas.core.records import read_record
 
 
 def _md5(path) -> str:

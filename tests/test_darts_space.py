@@ -8,17 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nas.errors import UserError
-from nas.genotype import Genotype
-from search_spaces.darts import (
-    GROUPS,
-    DartsSpace,
-    NetworkEval,
-    SearchNetwork,
-    derive_genotype,
-    edges_per_cell,
-    eval_param_count,
-)
+from nas.core.errors import UserError
+from search_spaces.darts.genotype import Genotype
+from search_spaces.darts.geometry import GROUPS, edges_per_cell
+from search_spaces.darts.networks import NetworkEval, SearchNetwork, eval_param_count
+from search_spaces.darts.space import DartsSpace, derive_genotype
 from search_spaces.ops import DARTS_OPS, EXTENDED_OPS
 
 E = edges_per_cell(4)

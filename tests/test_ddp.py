@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from nas.checkpoint import load_checkpoint
-from nas.data import load_dataset
-from nas.genotype import load_genotype
-from nas.metrics import accuracy
-from search_spaces.darts import NetworkEval
+from nas.core.checkpoint import load_checkpoint
+from nas.core.data import load_dataset
+from nas.core.metrics import accuracy
+from search_spaces.darts.genotype import load_genotype
+from search_spaces.darts.networks import NetworkEval
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,9 +17,9 @@ from conftest import ROOT
 from torch import nn
 
 import search
-from nas.checkpoint import load_checkpoint
-from nas.genotype import read_record
-from search_spaces.darts import DartsSpace
+from nas.core.checkpoint import load_checkpoint
+from nas.core.records import read_record
+from search_spaces.darts.space import DartsSpace
 
 WORKER = str(ROOT / "tests" / "ddp_search_worker.py")
 EXPERIMENTS = ROOT / "experiments"

@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT
 
 import train_eval
-from nas.genotype import read_record
+from nas.core.records import read_record
 
 SMOKE = str(ROOT / "experiments" / "eval_digits_smoke.yaml")
 

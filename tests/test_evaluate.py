@@ -15,15 +15,15 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import nas.evaluate as evaluate
+import nas.engine.trainer as evaluate
 import train_eval
-from nas.checkpoint import CHECKPOINT, load_checkpoint
-from nas.config import load_config
-from nas.data import ImageData
-from nas.genotype import load_genotype
-from nas.metrics import count_parameters
-from nas.monitor import EVAL_TAGS
-from search_spaces.darts import NetworkEval
+from nas.core.checkpoint import CHECKPOINT, load_checkpoint
+from nas.core.config import load_config
+from nas.core.data import ImageData
+from nas.core.metrics import count_parameters
+from nas.report.monitor import EVAL_TAGS
+from search_spaces.darts.genotype import load_genotype
+from search_spaces.darts.networks import NetworkEval
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--genotype", "PDARTS", "--dataset", "digits", "--set", "model.C=4", "model.layers=3", "train.batch_size=64"]

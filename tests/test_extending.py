@@ -11,9 +11,8 @@ from conftest import ROOT, TINY_SEARCH
 import search
 from controllers import registry
 from controllers.base import Controller
-from nas import monitor
-from nas.errors import UserError
-from nas.genotype import read_record
+from nas.core.errors import UserError
+from nas.core.records import read_record
 
 
 def worked_example() -> type[Controller]:
@@ -29,7 +28,6 @@ def worked_example() -> type[Controller]:
 def test_the_worked_example_controller_runs_a_search(tmp_path, monkeypatch) -> None:
     cls = worked_example()
     monkeypatch.setitem(registry.CONTROLLERS, cls.name, cls)  # the registry line
-    monkeypatch.setitem(monitor.TAG_KINDS, "scalar", {**monitor.TAG_KINDS["scalar"], **cls.tags})
     config = tmp_path / "random.yaml"
     config.write_text("controller: random_paths\nrandom_paths:\n  candidates: 3\n")
     settings = [s for s in TINY_SEARCH if not s.startswith("stages.epochs")] + ["stages.epochs=[1,1,1]"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY_RUN_SETTINGS, TINY_RUNS
 
-from nas.genotype import read_record
+from nas.core.records import read_record
 
 
 def _search(args: list[str]) -> subprocess.Popen:

@@ -12,10 +12,10 @@ from conftest import ROOT, TINY_SEARCH
 import search
 from controllers.base import ArchStepContext
 from controllers.gdas import GdasConfig, GdasController
-from nas.errors import UserError
-from nas.genotype import read_record
-from nas.search_config import SearchConfig
-from search_spaces.darts import SearchNetwork
+from nas.core.errors import UserError
+from nas.core.records import read_record
+from nas.engine.search_config import SearchConfig
+from search_spaces.darts.networks import SearchNetwork
 
 QUICK_GDAS = str(ROOT / "experiments" / "quick_digits_gdas.yaml")
 OPS = ["max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"]  # no `none`: every drawn op has an output
@@ -138,7 +138,7 @@ def test_state_dict_round_trip_continues_alike():
 
 def test_killed_search_resumes_exactly(tmp_path, monkeypatch):
     """Killed mid-epoch in the last epoch of a stage (tau = tau_min), the resumed stage ends with the same record."""
-    from nas import search as search_loop
+    from nas.engine import search_loop
 
     settings = [*TINY_SEARCH, "stages.epochs=[3,1,1]", "stages.warmup_epochs=[1,0,0]", "gdas.lr=0.05",
                 "run.checkpoint_every=3"]

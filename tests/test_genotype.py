@@ -6,18 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from nas.errors import UserError
-from nas.genotype import (
+from nas.core.errors import UserError
+from nas.core.records import make_record, read_record, write_record
+from search_spaces.darts.genotype import (
     Genotype,
     genotype_from_dict,
     load_genotype,
-    make_record,
     parse_genotype,
-    read_record,
     shipped_genotype_names,
     to_dict,
     validate_genotype,
-    write_record,
 )
 
 # As published in the papers' reference repositories (DARTS cnn/genotypes.py, P-DARTS, PC-DARTS PC_DARTS_cifar).

@@ -18,9 +18,10 @@ from controllers.base import ArchStepContext
 from controllers.reinforce import ReinforceConfig, ReinforceController
 from controllers.reward import RewardConfig, make_reward_fn
 from controllers.sampling import make_behaviour
-from nas.arch_types import CellLayout
-from nas.batchnorm import batch_stat_eval
-from search_spaces.darts import DartsSpace, eval_param_count
+from nas.core.arch_types import CellLayout
+from nas.core.batchnorm import batch_stat_eval
+from search_spaces.darts.networks import eval_param_count
+from search_spaces.darts.space import DartsSpace
 from search_spaces.ops import DARTS_OPS
 
 # Node 0 reads edges 0-1, node 1 edges 2-4; every edge keeps none, skip and a conv; at most one skip.

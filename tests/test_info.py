@@ -8,9 +8,10 @@ import sys
 import pytest
 from conftest import ROOT
 
-from nas import info
-from nas.genotype import load_genotype, make_record, write_record
-from search_spaces.darts import eval_param_count
+from nas.cli import info
+from nas.core.records import make_record, write_record
+from search_spaces.darts.genotype import load_genotype
+from search_spaces.darts.networks import eval_param_count
 
 SMALL = ["--C", "8", "--layers", "5"]  # CIFAR scale is the default; a small network keeps the test quick
 
@@ -75,8 +76,8 @@ def test_bad_input_is_one_line_exit_2(argv: list[str], message: str, capsys) -> 
 
 
 def test_runs_as_a_module_and_is_an_entry_point(tmp_path) -> None:
-    result = subprocess.run([sys.executable, "-m", "nas.info", "Genotype(normal=oops)"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "nas.cli.info", "Genotype(normal=oops)"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert '"nas-info=nas.info:main"' in (ROOT / "setup.py").read_text()
+    assert '"nas-info=nas.cli.info:main"' in (ROOT / "setup.py").read_text()

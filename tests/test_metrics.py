@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from nas.metrics import accuracy, count_parameters, flops_millions, kendall_tau, spearman_rho, symmetrised_kl
+from nas.core.metrics import accuracy, count_parameters, flops_millions, kendall_tau, spearman_rho, symmetrised_kl
 
 
 def test_accuracy_top_k_by_hand() -> None:

@@ -10,8 +10,8 @@ from conftest import ROOT, TINY_RUNS
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from controllers.registry import controller_class
-from nas.genotype import CELLS
-from nas.monitor import TAG_KINDS, Monitor, edge_field, tag, tag_table_markdown, tag_writer
+from nas.report.monitor import Monitor, edge_field, tag, tag_kinds, tag_table_markdown, tag_writer
+from search_spaces.darts.genotype import CELLS
 from search_spaces.ops import DARTS_OPS
 
 FIELD_PATTERNS = {"s": r"\d+", "cell": "(?:normal|reduce)", "e": r"\d\d", "op": r"[a-z0-9_]+"}
@@ -43,7 +43,7 @@ def run(request, tiny_run) -> tuple[str, dict[str, set[str]]]:
 
 def test_every_documented_tag_of_the_mode_is_written_in_every_stage(run) -> None:
     mode, written = run
-    for kind, table in TAG_KINDS.items():
+    for kind, table in tag_kinds().items():
         if kind == "image" and shutil.which("dot") is None:
             continue  # the drawings need graphviz's dot (make graphviz installs it)
         for template in table:
@@ -63,7 +63,7 @@ def test_every_documented_tag_of_the_mode_is_written_in_every_stage(run) -> None
 def test_nothing_undocumented_is_written(run) -> None:
     mode, written = run
     for kind, names in written.items():
-        patterns = [template_regex(template) for template in TAG_KINDS[kind]]
+        patterns = [template_regex(template) for template in tag_kinds()[kind]]
         undocumented = [name for name in names if not any(p.fullmatch(name) for p in patterns)]
         assert not undocumented, f"{mode} wrote undocumented {kind} tags: {undocumented[:5]}"
 
@@ -94,7 +94,19 @@ def test_monitor_refuses_undocumented_tags(tmp_path: Path) -> None:
 
 def test_readme_lists_every_tag_in_the_generated_table() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert tag_table_markdown() in readme, "regenerate the README table with `python -m nas.monitor`"
-    for table in TAG_KINDS.values():
+    assert tag_table_markdown() in readme, "regenerate the README table with `python -m nas.report.monitor`"
+    for table in tag_kinds().values():
         for template in table:
             assert f"`{template}`" in readme
+
+
+def test_a_plugin_registered_after_import_has_its_tags_documented(monkeypatch) -> None:
+    """The tag tables read the registries when used: a controller registered after nas.report.monitor was imported
+    (a user's plugin, a test's) can log its tags, and the table names it as their writer."""
+    from controllers.registry import CONTROLLERS
+
+    late = type("LateController", (), {"tags": {"stage{s}/late/score": "a late plugin's scalar"}})
+    monkeypatch.setitem(CONTROLLERS, "late", late)
+    assert tag("stage{s}/late/score", s=2) == "stage2/late/score"
+    assert "stage{s}/late/score" in tag_kinds()["scalar"]
+    assert tag_writer("stage{s}/late/score") == "the late controller"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,14 +11,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ROOT, load_script
 
 from controllers.base import StageContext
 from controllers.reinforce import ReinforceConfig, ReinforceController
 from controllers.reward import RewardConfig
 from controllers.sampling import BEHAVIOURS
-from nas.errors import UserError
-from nas.metrics import flops_millions
-from nas.nb201_table import METHODS, REINFORCE_BEHAVIOURS, TabularBenchmark, run_method
+from nas.benchmarks.nb201_table import METHODS, REINFORCE_BEHAVIOURS, TabularBenchmark, run_method
+from nas.core.errors import UserError
+from nas.core.metrics import flops_millions
 from search_spaces.nb201 import (
     NB201_OPS,
     NB201ModelConfig,
@@ -36,7 +36,6 @@ from search_spaces.nb201 import (
 )
 from search_spaces.registry import space_class
 
-ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "../shared/data/nb201/nb201_cifar10.csv"
 needs_table = pytest.mark.skipif(not TABLE.is_file(), reason=f"NAS-Bench-201 table {TABLE} is not present")
 EXAMPLE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
@@ -254,10 +253,7 @@ def test_the_table_compares_every_behaviour_policy() -> None:
 
 
 def _load_bench_script():
-    spec = importlib.util.spec_from_file_location("nb201_bench", ROOT / "experiments/nb201_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("nb201_bench")
 
 
 @needs_table

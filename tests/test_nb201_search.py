@@ -10,11 +10,11 @@ import pytest
 from conftest import ROOT, SHARED_DATA
 
 import search
-from nas import search as search_loop
-from nas.config import load_config
-from nas.data import CIFAR10_JPEG_MD5
-from nas.genotype import read_record
-from nas.search_config import SearchConfig
+from nas.core.config import load_config
+from nas.core.data import CIFAR10_JPEG_MD5
+from nas.core.records import read_record
+from nas.engine import search_loop
+from nas.engine.search_config import SearchConfig
 from search_spaces.nb201 import NB201_OPS, parse_arch
 
 QUICK = ROOT / "experiments" / "nb201_quick.yaml"

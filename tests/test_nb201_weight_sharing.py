@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SHARED_DATA, shared_path
+from conftest import ROOT, SHARED_DATA, load_script, shared_path
 
 from controllers.base import ArchStepContext
 from controllers.rsps import RspsConfig, RspsController
-from nas.nb201_table import TabularBenchmark
+from nas.benchmarks.nb201_ranking import PathSampler, iso_classes, precision_at_top, study_cells
+from nas.benchmarks.nb201_table import TabularBenchmark
 from search_spaces.nb201 import NB201Space, parse_arch
 
-sys.path.insert(0, str(ROOT / "experiments"))  # the study's modules are scripts, not a package
-from nb201_weight_sharing import METHODS, main  # noqa: E402
-from nb201_ws_ranking import PathSampler, iso_classes, precision_at_top, study_cells  # noqa: E402
+study = load_script("nb201_weight_sharing")
+METHODS, main = study.METHODS, study.main
 
 SCRIPT = ROOT / "experiments" / "nb201_weight_sharing.py"
 TABLE = SHARED_DATA / "nb201" / "nb201_cifar10.csv"

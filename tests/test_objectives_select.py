@@ -13,11 +13,11 @@ from conftest import ROOT, TINY_SEARCH
 from test_monitor import written_tags
 
 import search
-from nas import latency
-from nas.arch_types import CellLayout
-from nas.errors import UserError
-from nas.genotype import read_record
-from nas.selection import SBO_TOP, vote
+from nas.benchmarks import latency
+from nas.core.arch_types import CellLayout
+from nas.core.errors import UserError
+from nas.core.records import read_record
+from nas.engine.selection import SBO_TOP, vote
 
 QUICK_RL = str(ROOT / "experiments" / "quick_digits_reinforce.yaml")
 TINY_RL = [*TINY_SEARCH, "reinforce.samples_per_update=2", "reinforce.last_n=12", "search.rescore=4"]
@@ -124,7 +124,7 @@ def test_forced_dominance_warns_once(tmp_path, caplog) -> None:
                 "reward.metric=[params]", "reward.beta=[-1.0]", "reinforce.lr=0.5", "reinforce.behaviour=multinomial",
                 "reinforce.samples_per_update=32", "model.normal_ops=[none,max_pool_3x3,sep_conv_5x5]",
                 "model.reduce_ops=[none,max_pool_3x3,sep_conv_5x5]"]
-    with caplog.at_level(logging.WARNING, logger="nas.search"):
+    with caplog.at_level(logging.WARNING, logger="nas.engine.search_loop"):
         record = _search(tmp_path / "dominated", *settings)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "normal cell" in
                 r.getMessage()]

@@ -2,7 +2,6 @@
 stand-alone study end to end, with its plant, warm-start and reuse modes."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,12 +9,11 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import ROOT, shared_path
+from conftest import ROOT, load_script, shared_path
 from torch.utils.data import TensorDataset
 
-from nas.errors import UserError
-from nas.metrics import rank_of
-from nas.oneshot import (
+from nas.benchmarks import oneshot_study
+from nas.benchmarks.oneshot import (
     SubnetSampler,
     TrainConfig,
     bn_stats_kept,
@@ -27,6 +25,8 @@ from nas.oneshot import (
     train_oneshot,
     train_step,
 )
+from nas.core.errors import UserError
+from nas.core.metrics import rank_of
 from search_spaces.chain import ChainSuperNet
 
 SCRIPT = ROOT / "experiments" / "oneshot_vs_standalone.py"
@@ -126,13 +126,6 @@ def test_train_oneshot_is_seeded_and_reports_every_epoch() -> None:
     assert fair != curves
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("oneshot_vs_standalone", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("argv", [
     ["--ops", "conv_9x9"], ["--subnets", "9"], ["--epochs", "0"], ["--sharing", "sum", "--path-dropout", "1.5"],
     ["--plant", "conv_3x3"], ["--plant", "conv_3x3", "skip_connect"], ["--freeze-planted", "yes"],
@@ -144,14 +137,14 @@ def _load_script():
     ["--standalone-from", "/nonexistent/results.json"]])
 def test_bad_input_is_a_user_error(argv: list[str]) -> None:
     with pytest.raises(UserError):
-        _load_script().main(["--dataset", "digits", *argv])
+        oneshot_study.main(["--dataset", "digits", *argv])
 
 
 TINY = ["--dataset", "digits", "--limit-train", "200", "--limit-test", "100", "--filters", "4", "--batch-size", "32"]
 
 
 def test_plant_mode_tracks_one_rank_per_epoch_and_a_frozen_plant_keeps_its_accuracy(tmp_path) -> None:
-    results = _load_script().main([*TINY, "--epochs", "2", "--plant", "conv_5x5", "conv 3x3", "--freeze-planted",
+    results = oneshot_study.main([*TINY, "--epochs", "2", "--plant", "conv_5x5", "conv 3x3", "--freeze-planted",
                                    "both", "--out", str(tmp_path)])
     plant = json.loads((tmp_path / "results.json").read_text())["plant"]
     assert plant == json.loads(json.dumps(results["plant"])) and plant["subnets_ranked"] == 4
@@ -169,7 +162,7 @@ def test_plant_mode_tracks_one_rank_per_epoch_and_a_frozen_plant_keeps_its_accur
 
 
 def test_warm_start_mode_compares_with_random_init(tmp_path) -> None:
-    results = _load_script().main([*TINY, "--epochs", "2", "--warm-start", "conv_3x3", "conv_5x5", "--out",
+    results = oneshot_study.main([*TINY, "--epochs", "2", "--warm-start", "conv_3x3", "conv_5x5", "--out",
                                    str(tmp_path)])
     ws = json.loads((tmp_path / "results.json").read_text())["warm_start"]
     assert ws["from"] == ["conv_3x3", "conv_5x5"] and len(ws["runs"]) == 1
@@ -185,7 +178,7 @@ def test_warm_start_mode_compares_with_random_init(tmp_path) -> None:
 
 
 def test_standalone_from_reuses_the_standalone_results_and_checks_the_setup(tmp_path) -> None:
-    script = _load_script()
+    script = oneshot_study
     head = ["--head-hidden", "16", "--head-dropout", "0.3"]
     first = script.main([*TINY, *head, "--out", str(tmp_path / "a")])
     again = script.main([*TINY, *head, "--bn-recal", "64", "--sampling", "fair", "--oneshot-epochs", "2",
@@ -203,12 +196,9 @@ def test_standalone_from_reuses_the_standalone_results_and_checks_the_setup(tmp_
 
 
 def test_probe_scores_one_repeat_against_the_earlier_standalone_results(tmp_path, monkeypatch) -> None:
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # the probe imports the study script as a sibling module
-    spec = importlib.util.spec_from_file_location("oneshot_probe", SCRIPT.parent / "oneshot_probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_script("oneshot_probe")
     one_epoch = [*TINY, "--epochs", "1"]
-    earlier = _load_script().main([*one_epoch, "--repeats", "2", "--out", str(tmp_path / "study")])
+    earlier = oneshot_study.main([*one_epoch, "--repeats", "2", "--out", str(tmp_path / "study")])
     argv = [*one_epoch, "--standalone-from", str(tmp_path / "study" / "results.json"), "--out", str(tmp_path / "probe")]
     result = probe.main([*argv, "--probe-seed", "1", "--probe-test", "50", "--bn-recal", "64", "--oneshot-epochs", "2",
                          "--path-dropout", "0.3"])

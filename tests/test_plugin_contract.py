@@ -15,10 +15,10 @@ import torch.nn.functional as F
 import search
 from controllers.base import ArchStepContext, StageContext
 from controllers.registry import CONTROLLERS
-from nas import search as search_loop
-from nas.config import build_dataclass
-from nas.genotype import read_record
-from nas.monitor import TAG_KINDS
+from nas.core.config import build_dataclass
+from nas.core.records import read_record
+from nas.engine import search_loop
+from nas.report.monitor import tag_kinds
 from search_spaces.registry import SPACES
 
 DATA = SimpleNamespace(in_channels=1, size=8, num_classes=10)  # digits
@@ -107,7 +107,7 @@ def test_controller_runs_steps_outputs_and_round_trips_its_state(name: str, spac
                                            val_batch=batch, w_optimizer=opt, lr=0.01, stage=0, step=0))
 
     scalars = step(controller)
-    documented = TAG_KINDS["scalar"]
+    documented = tag_kinds()["scalar"]
     assert scalars and all(f"stage{{s}}/{key}" in documented for key in scalars), scalars
     assert space.format_arch(controller.architecture(space, kept))
     buffer = io.BytesIO()

@@ -14,11 +14,12 @@ from conftest import ROOT
 from PIL import Image
 
 import train_eval
-from nas.config import load_config
-from nas.evaluate import EvalConfig
-from nas.genotype import SHIPPED_DIR, Genotype, load_genotype, read_record
-from nas.metrics import count_parameters
-from search_spaces.darts import NetworkEval, eval_param_count
+from nas.core.config import load_config
+from nas.core.metrics import count_parameters
+from nas.core.records import read_record
+from nas.engine.trainer import EvalConfig
+from search_spaces.darts.genotype import SHIPPED_DIR, Genotype, load_genotype
+from search_spaces.darts.networks import NetworkEval, eval_param_count
 from search_spaces.ops import DARTS_OPS, NASNET_OPS, build_op
 
 # name: (NetworkCIFAR, NetworkImageNet) parameters from the reference model code

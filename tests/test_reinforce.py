@@ -19,8 +19,8 @@ from controllers.reinforce import (
     reinforce_gradient,
 )
 from controllers.sampling import edge_log_probs, make_behaviour
-from nas.arch_types import OpIndices as Path
-from nas.errors import UserError
+from nas.core.arch_types import OpIndices as Path
+from nas.core.errors import UserError
 
 # pi on edge 0 = [1/4, 1/2, 1/4], on edge 1 = [3/5, 1/5, 1/5]
 LOGITS = {"cell": torch.tensor([[0.0, math.log(2.0), 0.0], [math.log(3.0), 0.0, 0.0]])}

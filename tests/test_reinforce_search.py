@@ -5,7 +5,8 @@ import pytest
 from conftest import ROOT, TINY_SEARCH
 
 import search
-from nas.genotype import genotype_from_dict, read_record, validate_genotype
+from nas.core.records import read_record
+from search_spaces.darts.genotype import genotype_from_dict, validate_genotype
 
 QUICK_RL = str(ROOT / "experiments" / "quick_digits_reinforce.yaml")
 TINY_RL = [*TINY_SEARCH, "reinforce.samples_per_update=2"]
@@ -47,7 +48,7 @@ def test_parameter_penalty_shrinks_the_architecture(tmp_path):
 
 def test_separate_mode_resumed_inside_a_policy_epoch_matches(tmp_path, monkeypatch):
     """Killed inside the first of two policy epochs (frozen supernet), the resumed stage ends exactly alike."""
-    from nas import search as search_loop
+    from nas.engine import search_loop
 
     settings = [*TINY_RL, "reinforce.mode=separate", "stages.epochs=[3,1,1]", "stages.warmup_epochs=[1,0,0]",
                 "run.checkpoint_every=3", "run.draw=false"]

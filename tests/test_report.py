@@ -9,9 +9,9 @@ import pytest
 from conftest import ROOT
 
 import search
-from nas import report
-from nas.errors import UserError
-from nas.genotype import read_record, write_record
+from nas.core.errors import UserError
+from nas.core.records import read_record, write_record
+from nas.report import run as report
 
 CONFIGS = {controller: str(ROOT / "experiments" / name) for controller, name in
            (("gradient", "quick_digits.yaml"), ("reinforce", "quick_digits_reinforce.yaml"))}

@@ -8,8 +8,8 @@ import torch
 
 from controllers.reinforce import ReinforceConfig, ReinforceController
 from controllers.reward import RewardConfig, make_reward_fn, param_penalty_reward
-from nas.arch_types import KeptOps
-from nas.errors import UserError
+from nas.core.arch_types import KeptOps
+from nas.core.errors import UserError
 
 
 def test_formula_on_known_numbers() -> None:

@@ -13,7 +13,7 @@ from controllers.sampling import (
     stack_paths,
     unstack_paths,
 )
-from nas.errors import UserError
+from nas.core.errors import UserError
 
 # pi on edge 0 = [1/4, 1/2, 1/4], on edge 1 = [3/5, 1/5, 1/5]; greedy path (1, 0)
 LOGITS = {"cell": torch.tensor([[0.0, math.log(2.0), 0.0], [math.log(3.0), 0.0, 0.0]])}

@@ -12,12 +12,14 @@ from conftest import ROOT, TINY_SEARCH
 import search
 from controllers.base import ArchStepContext
 from controllers.gradient import GradientConfig, GradientController
-from nas import search as search_loop
-from nas.checkpoint import CHECKPOINT, load_checkpoint
-from nas.data import DataConfig, search_loaders
-from nas.genotype import genotype_from_dict, read_record, validate_genotype
-from nas.search import CyclingBatches
-from search_spaces.darts import SearchNetwork, skip_dropout_rate
+from nas.core.checkpoint import CHECKPOINT, load_checkpoint
+from nas.core.data import DataConfig, search_loaders
+from nas.core.records import read_record
+from nas.engine import search_loop
+from nas.engine.search_loop import CyclingBatches
+from search_spaces.darts.genotype import genotype_from_dict, validate_genotype
+from search_spaces.darts.networks import SearchNetwork
+from search_spaces.darts.space import skip_dropout_rate
 from search_spaces.ops import DARTS_OPS
 
 QUICK = str(ROOT / "experiments" / "quick_digits.yaml")

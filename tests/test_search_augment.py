@@ -7,10 +7,10 @@ import torch
 from conftest import ROOT
 
 import search
-from nas.config import load_config
-from nas.data import MEAN_STD, BatchAugment, DataConfig, search_loaders
-from nas.search import Search
-from nas.search_config import SearchConfig
+from nas.core.config import load_config
+from nas.core.data import MEAN_STD, BatchAugment, DataConfig, search_loaders
+from nas.engine.search_config import SearchConfig
+from nas.engine.search_loop import Search
 
 QUICK = str(ROOT / "experiments" / "quick_digits.yaml")
 

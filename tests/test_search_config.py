@@ -8,9 +8,9 @@ import pytest
 from conftest import ROOT
 
 import search
-from nas.config import load_config
-from nas.errors import UserError
-from nas.search_config import SearchConfig
+from nas.core.config import load_config
+from nas.core.errors import UserError
+from nas.engine.search_config import SearchConfig
 
 QUICK = str(ROOT / "experiments" / "quick_digits.yaml")
 PAPER = str(ROOT / "experiments" / "pdarts_cifar10.yaml")

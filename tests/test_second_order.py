@@ -14,8 +14,8 @@ import controllers.gradient as gradient
 import search
 from controllers.base import ArchStepContext
 from controllers.gradient import GradientConfig, GradientController
-from nas.errors import UserError
-from search_spaces.darts import SearchNetwork
+from nas.core.errors import UserError
+from search_spaces.darts.networks import SearchNetwork
 from search_spaces.depthwise import Depthwise
 
 QUICK = str(Path(__file__).resolve().parent.parent / "experiments" / "quick_digits.yaml")

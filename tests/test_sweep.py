@@ -17,12 +17,14 @@ from conftest import ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from nas import report, sweep
-from nas.errors import UserError
-from nas.genotype import load_genotype, make_record, write_record
-from nas.sweep_results import SWEEP_FILE, write_sweep_report
-from nas.sweep_spec import load_spec
-from nas.sweep_trial import DONE, read_state
+from nas.core.errors import UserError
+from nas.core.records import make_record, write_record
+from nas.report import run as report
+from nas.sweep import driver as sweep
+from nas.sweep.results import SWEEP_FILE, write_sweep_report
+from nas.sweep.spec import load_spec
+from nas.sweep.trial import DONE, read_state
+from search_spaces.darts.genotype import load_genotype
 
 # The quick digits REINFORCE search cut to a few weight steps per stage (100 training images, batch 96) over 4 ops
 # per cell type (fewer ops: a cheaper supernet and report).
@@ -42,7 +44,7 @@ def write_spec(path: Path, **changes) -> Path:
 
 
 def sweep_command(spec: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "nas.sweep", str(spec), "--run-dir", str(run_dir), "--parallel", "2"]
+    return [sys.executable, "-m", "nas.sweep.driver", str(spec), "--run-dir", str(run_dir), "--parallel", "2"]
 
 
 def trial_dirs(run_dir: Path) -> list[Path]:

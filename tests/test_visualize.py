@@ -8,9 +8,9 @@ from pathlib import Path
 import graphviz
 import pytest
 
-from nas import visualize
-from nas.errors import UserError
-from nas.genotype import load_genotype, shipped_genotype_names
+from nas.core.errors import UserError
+from search_spaces.darts import drawing as visualize
+from search_spaces.darts.genotype import load_genotype, shipped_genotype_names
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz `dot` not installed (make graphviz)")
 SVG = "{http://www.w3.org/2000/svg}"

@@ -1,0 +1,189 @@
+"""Choosing the final architecture from a controller's scored samples, and the "SBO" check.
+
+`search.select` (the engine's `search:` section):
+
+- ``argmax``: the controller's most probable architecture (the default; every controller).
+- ``best_sampled``: the highest-reward architecture among the controller's last samples (REINFORCE:
+  `reinforce.last_n`), the rewards as scored during the search.
+- ``vote``: per decision, the majority among the `top_k` distinct highest-reward samples: per node the input pair,
+  then per chosen edge the op, among the samples that chose that edge (ties go to the higher-reward sample;
+  the normal cell's skip limit holds).
+- ``probe``: short-trains the argmax and the `top_k` candidates from scratch through the eval trainer
+  (`probe_epochs` epochs at `probe_C` channels and `probe_layers` cells, no auxiliary head, no drop path), on
+  the search's training half, and keeps the best validation accuracy on the architecture half.
+
+At every stage's end the `rescore` best distinct samples (by sampled reward) and the argmax architecture are
+rescored with the stage's final supernet on the whole architecture half: the SBO check compares the mean reward of
+the top min(10, rescore) with the argmax architecture's reward (as the seed did: samples better than the argmax
+mean the policy has not converged on its best find); with `rescore: 0` it takes the top 10 sampled rewards (each
+scored on one validation batch) and costs one evaluation per stage.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from controllers.base import Controller, Evaluate
+from nas.core.arch_types import NONE_OP, SKIP_OP, CellLayout, KeptOps, OpIndices
+from nas.core.checkpoint import seed_everything
+from nas.core.errors import UserError
+
+RULES = ("argmax", "best_sampled", "vote", "probe")
+SBO_TOP = 10
+OFF = -1
+
+
+@dataclass
+class SelectConfig:
+    """The `search:` section: how the final architecture is chosen."""
+
+    select: str = "argmax"  # argmax | best_sampled | vote | probe
+    top_k: int = 10  # candidates of vote and probe
+    rescore: int = 10  # best distinct samples rescored on the whole architecture half at every stage's end (SBO)
+    probe_epochs: int = 10
+    probe_C: int = 16
+    probe_layers: int = 8
+    probe_lr: float = 0.025
+
+    def validate(self, scores_samples: bool, controller: str, trains: bool) -> None:
+        """UserError for a bad value, a rule the controller cannot serve or a probe the space cannot train."""
+        if self.select not in RULES:
+            raise UserError(f"search.select is {self.select!r}; choose one of: {', '.join(RULES)}")
+        if self.select != "argmax" and not scores_samples:
+            raise UserError(f"search.select={self.select} chooses among scored samples, which the {controller} "
+                            f"controller does not keep; use search.select=argmax or controller: reinforce")
+        if self.select == "probe" and not trains:
+            raise UserError("search.select=probe trains candidates from scratch, but this space has no eval network")
+        if not isinstance(self.rescore, int) or isinstance(self.rescore, bool) or self.rescore < 0:
+            raise UserError(f"search.rescore must be an integer >= 0, got {self.rescore!r}")
+        for name in ("top_k", "probe_epochs", "probe_C", "probe_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"search.{name} must be a positive integer, got {value!r}")
+        if not self.probe_lr > 0:
+            raise UserError(f"search.probe_lr must be > 0, got {self.probe_lr}")
+
+
+def distinct_samples(controller: Controller, space: Any, kept_ops: KeptOps) -> list[dict[str, Any]]:
+    """The controller's scored samples grouped by architecture, highest sampled reward first."""
+    groups: dict[str, dict[str, Any]] = {}
+    for path, reward in controller.scored_samples():
+        arch = controller.path_architecture(space, kept_ops, path)
+        key = space.format_arch(arch)
+        group = groups.setdefault(key, {"genotype": key, "arch": arch, "path": path, "rewards": []})
+        group["rewards"].append(reward)
+    return sorted(groups.values(), key=lambda g: -max(g["rewards"]))
+
+
+def rescore(arch: Any, controller: Controller, space: Any, kept_ops: KeptOps, evaluate: Evaluate) -> dict[str, Any]:
+    """An architecture's accuracy (%) on the whole architecture half with the stage's supernet, and its reward."""
+    _, acc = evaluate(path=space.architecture_path(arch, kept_ops))
+    reward, costs = controller.reward(arch, acc / 100)
+    return {"val_acc": round(acc, 3), "val_reward": round(reward, 6), **{k: round(v, 6) for k, v in costs.items()}}
+
+
+def stage_candidates(controller: Controller, space: Any, kept_ops: KeptOps, argmax: Any, evaluate: Evaluate,
+                     top_k: int, rescored: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The stage's best distinct samples (the first `rescored` of them rescored) and the rescored argmax
+    architecture; and the SBO check over the top min(10, rescored) rescored samples (rescored = 0: the top 10 by
+    their sampled rewards)."""
+    candidates = []
+    for i, group in enumerate(distinct_samples(controller, space, kept_ops)[:max(SBO_TOP, top_k, rescored)]):
+        rewards = group["rewards"]
+        candidates.append({"genotype": group["genotype"], "record": space.arch_to_record(group["arch"]),
+                           "sampled_reward_max": round(max(rewards), 6),
+                           "sampled_reward_mean": round(sum(rewards) / len(rewards), 6), "times_sampled": len(rewards),
+                           **(rescore(group["arch"], controller, space, kept_ops, evaluate) if i < rescored else {})})
+    argmax_entry = {"genotype": space.format_arch(argmax), "record": space.arch_to_record(argmax),
+                    **rescore(argmax, controller, space, kept_ops, evaluate)}
+    key, top = ("val_reward", candidates[:min(SBO_TOP, rescored)]) if rescored else \
+        ("sampled_reward_max", candidates[:SBO_TOP])
+    sbo = {"top10_reward": round(sum(c[key] for c in top) / len(top), 6), "scored_by": key, "samples": len(top),
+           "argmax_reward": argmax_entry["val_reward"]}
+    return candidates, {"argmax": argmax_entry, "sbo": sbo}
+
+
+def _majority(votes: Sequence[Any]) -> Any:
+    """The most frequent vote; ties go to the one cast first (the higher-reward sample)."""
+    counts = Counter(votes)
+    return max(counts, key=lambda v: (counts[v], -votes.index(v)))
+
+
+def vote(paths: Sequence[OpIndices], layouts: dict[str, CellLayout] | None) -> OpIndices:
+    """Per-decision majority among paths (best first): per node the input pair, then per chosen edge the op among
+    the paths that chose that edge, with each cell's skip limit; without layouts, per edge the op."""
+    result = {}
+    for group, first in paths[0].items():
+        rows = [p[group].tolist() for p in paths]
+        if layouts is None or OFF not in first.tolist():
+            result[group] = torch.tensor([_majority([r[e] for r in rows]) for e in range(len(first))])
+            continue
+        layout = layouts[group]
+        row, skips = [OFF] * len(first), 0
+        for edges in layout.node_edges:
+            pair = _majority([tuple(e for e in edges if r[e] != OFF) for r in rows])
+            for e in pair:
+                ranked = Counter(r[e] for r in rows if r[e] != OFF).most_common()
+                allowed = [k for k, _ in ranked if layout.max_skip is None or skips < layout.max_skip
+                           or layout.ops[e][k] != SKIP_OP]
+                fallback = [k for k, name in enumerate(layout.ops[e]) if name not in (NONE_OP, SKIP_OP)]
+                row[e] = (allowed or fallback)[0]
+                skips += layout.ops[e][row[e]] == SKIP_OP
+        result[group] = torch.tensor(row)
+    return result
+
+
+def probe_accuracy(space: Any, arch: Any, data: Any, train_set: Dataset, val_set: Dataset, batch_size: int,
+                   cfg: SelectConfig, device: torch.device, seed: int) -> float:
+    """Validation top-1 (%) of `arch` trained from scratch for cfg.probe_epochs with the eval trainer's code; the
+    global RNG is left as it was."""
+    from nas.engine.trainer import DistInfo, EvalConfig, Trainer  # the eval trainer, only when probing
+
+    config = EvalConfig()
+    config.train.epochs, config.train.lr = cfg.probe_epochs, cfg.probe_lr
+    config.model.auxiliary, config.model.drop_path_prob = False, 0.0
+    generator = torch.Generator()
+    train = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
+    val = DataLoader(val_set, batch_size=2 * batch_size)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        seed_everything(seed)
+        net = space.eval_network(arch, data, C=cfg.probe_C, layers=cfg.probe_layers, auxiliary=False)
+        trainer = Trainer(config, net, device, DistInfo(0, 1, 0))
+        for epoch in range(cfg.probe_epochs):
+            generator.manual_seed(seed + epoch)
+            trainer.train_epoch(train, epoch, "(probe training keeps no checkpoint)")
+            trainer.scheduler.step()
+        return trainer.evaluate(val, data.num_classes)["top1"]
+
+
+def final_choice(entry: dict[str, Any], cfg: SelectConfig, probe: Callable[[dict[str, Any]], float]
+                 ) -> dict[str, Any]:
+    """The selection record of the final stage's entry under cfg.select: every candidate with its scores, the
+    argmax, and `picked` (the output: its genotype, record and the rule that picked it). `probe` trains a
+    candidate (given its entry) and returns its validation accuracy."""
+    argmax = entry.get("argmax_rescored") or {"genotype": entry["genotype_str"], "record": entry["genotype"]}
+    candidates = entry.get("candidates", [])
+    selection: dict[str, Any] = {"rule": cfg.select, "top_k": cfg.top_k, "argmax": argmax, "candidates": candidates}
+    picked, source = argmax, "argmax"
+    if cfg.select != "argmax" and not candidates:
+        source = "argmax (no scored samples in the final stage)"
+    elif cfg.select == "best_sampled":
+        picked, source = candidates[0], "sample with the highest sampled reward"
+    elif cfg.select == "vote":
+        picked, source = entry["vote"], f"per-decision majority of the top {cfg.top_k} samples"
+        selection["vote"] = entry["vote"]
+    elif cfg.select == "probe":
+        pool = [argmax, *candidates[:cfg.top_k]]
+        for candidate in pool:
+            candidate["probe_acc"] = round(probe(candidate), 3)
+        best = max(range(len(pool)), key=lambda i: (pool[i]["probe_acc"], -i))
+        picked = pool[best]
+        source = "argmax" if best == 0 else f"sample {best} (of the top {cfg.top_k} by sampled reward)"
+        source += f", best probe accuracy {picked['probe_acc']:.2f}%"
+    selection["picked"] = {"genotype": picked["genotype"], "record": picked["record"], "by": cfg.select,
+                           "source": source}
+    return selection
