@@ -24,7 +24,9 @@ setup(
         "matplotlib>=3.6",
     ],
     # `sweep`: nas-sweep runs trials as Ray tasks; the tests run that path on a local Ray, so `test` includes it.
-    extras_require={"sweep": ["ray>=2.9"], "test": ["pytest>=7.0", "ruff>=0.4", "ray>=2.9"]},
+    # `docs`: mkdocs.yml makes docs/ a site (mkdocs serve); the tests build it strictly, so `test` includes it.
+    extras_require={"sweep": ["ray>=2.9"], "docs": ["mkdocs>=1.5", "mkdocs-material>=9.0"],
+                    "test": ["pytest>=7.0", "ruff>=0.4", "ray>=2.9", "mkdocs>=1.5", "mkdocs-material>=9.0"]},
     entry_points={
         "console_scripts": [
             "nas-search=search:main",

@@ -1,5 +1,5 @@
 """The interface a search space offers the search engine (nas/engine/search_loop.py); spaces are found by name in
-search_spaces/registry.py. See EXTENDING.md for a worked example.
+search_spaces/registry.py. See docs/extending.md for a worked example.
 """
 from __future__ import annotations
 

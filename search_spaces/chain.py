@@ -5,8 +5,7 @@ optionally hidden linear layers, each followed by ReLU and dropout, before the c
 fixed-block head).
 Each choice block holds K candidate ops from the ops registry, all at stride 1 (they keep C, H and W).
 The head pools to a 4 x 4 grid by default; g = 1 is global pooling, which with 8 filters leaves the
-classifier 8 features: measured on the 5k MNIST set, stand-alone subnets then reach 42-44% test top-1
-after 4 epochs against 88-92% with the 4 x 4 grid, too weak a signal to rank subnets by.
+classifier 8 features (too weak a signal to rank subnets by: docs/study-oneshot-mnist.md has the measurement).
 
 Weight sharing between the K alternatives of a block:
 - ``sum``: the block output is the sum of its ops' outputs, each masked by the choice; only the

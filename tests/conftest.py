@@ -115,3 +115,41 @@ def tiny_run(tmp_path_factory) -> Callable[[str], Path]:
         return done[mode]
 
     return get
+
+
+@pytest.fixture
+def kill_and_resume(monkeypatch) -> Callable[[Callable[[Path], int], Path, Callable[[dict], bool]], int]:
+    """kill_and_resume(run, run_dir, dies): run(run_dir) is killed (KeyboardInterrupt) right after the first checkpoint
+    whose state makes dies(state) true, before it finished; returns the exit code of `search.py --resume run_dir`."""
+    import search
+    from nas.engine import search_loop
+
+    def kill_then_resume(run: Callable[[Path], int], run_dir: Path, dies: Callable[[dict], bool]) -> int:
+        real_save = search_loop.save_checkpoint
+
+        def save_then_maybe_die(where: Path, state: dict, kind: str) -> None:
+            real_save(where, state, kind)
+            if dies(state):
+                raise KeyboardInterrupt
+
+        with monkeypatch.context() as patch:
+            patch.setattr(search_loop, "save_checkpoint", save_then_maybe_die)
+            with pytest.raises(KeyboardInterrupt):
+                run(run_dir)
+        assert not (run_dir / "genotype.json").exists(), "the run finished before it was killed"
+        return search.main(["--resume", str(run_dir)])
+
+    return kill_then_resume
+
+
+def nth_mid_epoch_checkpoint(n: int) -> Callable[[dict], bool]:
+    """A `dies` for kill_and_resume: true at the n-th checkpoint saved inside an epoch of a stage."""
+    saves: list[int] = []
+
+    def dies(state: dict) -> bool:
+        if state["stage"] is not None and state["progress"]["step"] > 0:
+            saves.append(1)
+            return len(saves) == n
+        return False
+
+    return dies

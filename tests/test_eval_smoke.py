@@ -1,4 +1,4 @@
-"""The README's CPU smoke setting of the eval trainer learns: a few epochs on digits, far below chance loss."""
+"""The eval trainer's CPU smoke setting (docs/training.md) learns: a few epochs on digits, loss far below chance."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""EXTENDING.md's worked example is real: its controller, registered with one line, runs a search."""
+"""docs/extending.md's worked example is real: its controller, registered with one line, runs a search."""
 from __future__ import annotations
 
 import re
@@ -16,12 +16,12 @@ from nas.core.records import read_record
 
 
 def worked_example() -> type[Controller]:
-    """The controller class of EXTENDING.md's worked example, executed from the document's code block."""
-    text = (ROOT / "EXTENDING.md").read_text(encoding="utf-8")
+    """The controller class of docs/extending.md's worked example, executed from the document's code block."""
+    text = (ROOT / "docs" / "extending.md").read_text(encoding="utf-8")
     section = text[text.index("## A controller (worked example)"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     namespace = {"dataclass": dataclass, "torch": torch, "UserError": UserError, "Controller": Controller}
-    exec(compile(code, "EXTENDING.md", "exec"), namespace)  # noqa: S102 - our own document's example
+    exec(compile(code, "docs/extending.md", "exec"), namespace)  # noqa: S102 - our own document's example
     return namespace["RandomPathsController"]
 
 

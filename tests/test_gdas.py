@@ -136,28 +136,18 @@ def test_state_dict_round_trip_continues_alike():
         assert torch.equal(trained.alphas[group], restored.alphas[group])
 
 
-def test_killed_search_resumes_exactly(tmp_path, monkeypatch):
+def test_killed_search_resumes_exactly(tmp_path, kill_and_resume):
     """Killed mid-epoch in the last epoch of a stage (tau = tau_min), the resumed stage ends with the same record."""
-    from nas.engine import search_loop
-
     settings = [*TINY_SEARCH, "stages.epochs=[3,1,1]", "stages.warmup_epochs=[1,0,0]", "gdas.lr=0.05",
                 "run.checkpoint_every=3"]
 
     def stage_one(run_dir):
         return search.main(["-c", QUICK_GDAS, "--run-dir", str(run_dir), "--stage", "1", "--set", *settings])
 
+    def inside_the_last_epoch(state):
+        return state["progress"]["epoch"] == 2 and state["progress"]["step"] > 0
+
     assert stage_one(tmp_path / "reference") == 0
-    real_save = search_loop.save_checkpoint
-
-    def die_inside_the_last_epoch(run_dir, state, kind):
-        real_save(run_dir, state, kind)
-        if state["progress"]["epoch"] == 2 and state["progress"]["step"] > 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(search_loop, "save_checkpoint", die_inside_the_last_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        stage_one(tmp_path / "killed")
-    monkeypatch.undo()
-    assert search.main(["--resume", str(tmp_path / "killed")]) == 0
+    assert kill_and_resume(stage_one, tmp_path / "killed", inside_the_last_epoch) == 0
     expected, got = (read_record(tmp_path / run / "stages" / "stage1.json") for run in ("reference", "killed"))
     assert got["stages"] == expected["stages"] and got["global_step"] == expected["global_step"]

@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, SHARED_DATA, nth_mid_epoch_checkpoint
 
 import search
 from nas.core.config import load_config
 from nas.core.data import CIFAR10_JPEG_MD5
 from nas.core.records import read_record
-from nas.engine import search_loop
 from nas.engine.search_config import SearchConfig
 from search_spaces.nb201 import NB201_OPS, parse_arch
 
@@ -67,23 +66,9 @@ def test_per_stage_runs_repeat_the_full_run(finished, tmp_path: Path) -> None:
         assert (a["kept_after"], a["probabilities"]) == (b["kept_after"], b["probabilities"])
 
 
-def test_a_killed_search_resumes_exactly(finished, tmp_path: Path, monkeypatch) -> None:
+def test_a_killed_search_resumes_exactly(finished, tmp_path: Path, kill_and_resume) -> None:
     controller, run_dir = finished
-    real_save, saves = search_loop.save_checkpoint, []
-
-    def die_at_the_third_mid_epoch_checkpoint(run_dir, state, kind):
-        real_save(run_dir, state, kind)
-        if state["stage"] is not None and state["progress"]["step"] > 0:
-            saves.append(1)
-            if len(saves) == 3:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(search_loop, "save_checkpoint", die_at_the_third_mid_epoch_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, controller)
-    monkeypatch.undo()
-    assert not (tmp_path / "genotype.json").exists()
-    assert search.main(["--resume", str(tmp_path)]) == 0
+    assert kill_and_resume(lambda where: run(where, controller), tmp_path, nth_mid_epoch_checkpoint(3)) == 0
     full, resumed = (read_record(d / "genotype.json") for d in (run_dir, tmp_path))
     assert resumed["genotype"] == full["genotype"]
     assert resumed["search"]["stages"] == full["search"]["stages"]

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import nth_mid_epoch_checkpoint
 
 import search
 from controllers.base import ArchStepContext, StageContext
 from controllers.registry import CONTROLLERS
 from nas.core.config import build_dataclass
 from nas.core.records import read_record
-from nas.engine import search_loop
 from nas.report.monitor import tag_kinds
 from search_spaces.registry import SPACES
 
@@ -126,7 +126,7 @@ RESUME_CASES = [("darts", name) for name in CONTROLLERS] + [(name, "gradient") f
 
 
 @pytest.mark.parametrize("space_name, name", RESUME_CASES)
-def test_a_killed_tiny_search_resumes_exactly(space_name: str, name: str, tmp_path, monkeypatch) -> None:
+def test_a_killed_tiny_search_resumes_exactly(space_name: str, name: str, tmp_path, kill_and_resume) -> None:
     settings = [f"space={space_name}", f"controller={name}", "data.batch_size=96", "stages.layers=[3,3]",
                 "stages.epochs=[1,1]", "stages.warmup_epochs=[0,0]", "stages.keep=[3,1]",
                 "stages.skip_dropout=[0,0.4]", "run.checkpoint_every=3", "run.draw=false"]
@@ -140,20 +140,7 @@ def test_a_killed_tiny_search_resumes_exactly(space_name: str, name: str, tmp_pa
         return search.main(["-c", str(config), "--run-dir", str(run_dir), "--set", *settings])
 
     assert run(tmp_path / "reference") == 0
-    real_save, saves = search_loop.save_checkpoint, []
-
-    def die_at_the_second_mid_epoch_checkpoint(run_dir, state, kind):
-        real_save(run_dir, state, kind)
-        if state["stage"] is not None and state["progress"]["step"] > 0:
-            saves.append(1)
-            if len(saves) == 2:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(search_loop, "save_checkpoint", die_at_the_second_mid_epoch_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "killed")
-    monkeypatch.undo()
-    assert search.main(["--resume", str(tmp_path / "killed")]) == 0
+    assert kill_and_resume(run, tmp_path / "killed", nth_mid_epoch_checkpoint(2)) == 0
     expected, got = (read_record(tmp_path / run_dir / "genotype.json") for run_dir in ("reference", "killed"))
     assert got["search"]["stages"] == expected["search"]["stages"]
     assert got["genotype"] == expected["genotype"]

@@ -46,28 +46,18 @@ def test_parameter_penalty_shrinks_the_architecture(tmp_path):
     assert params[-1.0] < params[0.0], params
 
 
-def test_separate_mode_resumed_inside_a_policy_epoch_matches(tmp_path, monkeypatch):
+def test_separate_mode_resumed_inside_a_policy_epoch_matches(tmp_path, kill_and_resume):
     """Killed inside the first of two policy epochs (frozen supernet), the resumed stage ends exactly alike."""
-    from nas.engine import search_loop
-
     settings = [*TINY_RL, "reinforce.mode=separate", "stages.epochs=[3,1,1]", "stages.warmup_epochs=[1,0,0]",
                 "run.checkpoint_every=3", "run.draw=false"]
 
     def stage_one(run_dir):
         return search.main(["-c", QUICK_RL, "--run-dir", str(run_dir), "--stage", "1", "--set", *settings])
 
+    def inside_the_first_policy_epoch(state):
+        return state["progress"]["epoch"] == 3 and state["progress"]["step"] > 0
+
     assert stage_one(tmp_path / "reference") == 0
-    real_save = search_loop.save_checkpoint
-
-    def die_inside_the_first_policy_epoch(run_dir, state, kind):
-        real_save(run_dir, state, kind)
-        if state["progress"]["epoch"] == 3 and state["progress"]["step"] > 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(search_loop, "save_checkpoint", die_inside_the_first_policy_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        stage_one(tmp_path / "killed")
-    monkeypatch.undo()
-    assert search.main(["--resume", str(tmp_path / "killed")]) == 0
+    assert kill_and_resume(stage_one, tmp_path / "killed", inside_the_first_policy_epoch) == 0
     expected, got = (read_record(tmp_path / run / "stages" / "stage1.json") for run in ("reference", "killed"))
     assert got["stages"] == expected["stages"] and got["global_step"] == expected["global_step"]

@@ -8,8 +8,9 @@ from pathlib import Path
 import graphviz
 import pytest
 
+from nas.cli import plot
 from nas.core.errors import UserError
-from search_spaces.darts import drawing as visualize
+from search_spaces.darts import drawing
 from search_spaces.darts.genotype import load_genotype, shipped_genotype_names
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz `dot` not installed (make graphviz)")
@@ -29,8 +30,8 @@ def svg_edges(path: Path) -> list[tuple[str, str, str]]:
 @needs_dot
 @pytest.mark.parametrize("name", shipped_genotype_names())
 def test_nas_plot_writes_png_and_svg(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    visualize.main([name, "-o", str(tmp_path / "png")])
-    visualize.main([name, "-o", str(tmp_path / "svg"), "--format", "svg"])
+    plot.main([name, "-o", str(tmp_path / "png")])
+    plot.main([name, "-o", str(tmp_path / "svg"), "--format", "svg"])
     printed = capsys.readouterr().out.split()
     assert sorted(Path(p).name for p in printed) == sorted(
         f"{cell}.{fmt}" for cell in ("normal", "reduce") for fmt in ("dot", "dot", "png", "svg"))
@@ -51,13 +52,13 @@ def test_nas_plot_writes_png_and_svg(name: str, tmp_path: Path, capsys: pytest.C
 
 @needs_dot
 def test_nas_plot_accepts_a_genotype_string_and_pdf(tmp_path: Path):
-    visualize.main([str(load_genotype("PDARTS")), "-o", str(tmp_path), "--format", "pdf"])
+    plot.main([str(load_genotype("PDARTS")), "-o", str(tmp_path), "--format", "pdf"])
     assert (tmp_path / "reduce.pdf").read_bytes()[:5] == b"%PDF-"
 
 
 @needs_dot
 def test_cell_image_array_is_rgb():
-    image = visualize.cell_image_array(load_genotype("DARTS_V2"), "reduce")
+    image = drawing.cell_image_array(load_genotype("DARTS_V2"), "reduce")
     assert image.ndim == 3 and image.shape[2] == 3 and image.dtype.name == "uint8"
     assert image.shape[0] > 50 and image.shape[1] > 50
     assert image.min() < 50 and image.max() == 255  # dark lines on a white page
@@ -65,14 +66,14 @@ def test_cell_image_array_is_rgb():
 
 def test_missing_dot_writes_sources_and_says_how_to_install(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                            monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(visualize.shutil, "which", lambda name: None)
-    visualize.main(["PC_DARTS", "-o", str(tmp_path)])
+    monkeypatch.setattr(drawing.shutil, "which", lambda name: None)
+    plot.main(["PC_DARTS", "-o", str(tmp_path)])
     captured = capsys.readouterr()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["normal.dot", "reduce.dot"]
-    assert captured.err.strip() == visualize.MISSING_DOT_MESSAGE
+    assert captured.err.strip() == drawing.MISSING_DOT_MESSAGE
     assert "apt-get install graphviz" in captured.err and "brew install graphviz" in captured.err
     assert "Traceback" not in captured.err
-    assert visualize.cell_image_array(load_genotype("PC_DARTS"), "normal") is None
+    assert drawing.cell_image_array(load_genotype("PC_DARTS"), "normal") is None
 
 
 def test_executable_not_found_is_the_same_fallback(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -80,18 +81,18 @@ def test_executable_not_found_is_the_same_fallback(tmp_path: Path, capsys: pytes
     def no_dot(*args: object, **kwargs: object) -> bytes:
         raise graphviz.ExecutableNotFound(("dot",))
 
-    monkeypatch.setattr(visualize.shutil, "which", lambda name: "/usr/bin/dot")
+    monkeypatch.setattr(drawing.shutil, "which", lambda name: "/usr/bin/dot")
     monkeypatch.setattr(graphviz.Digraph, "pipe", no_dot)
-    paths = visualize.plot_genotype(load_genotype("DARTS_V1"), tmp_path, "svg")
+    paths = drawing.plot_genotype(load_genotype("DARTS_V1"), tmp_path, "svg")
     assert [p.name for p in paths] == ["normal.dot", "reduce.dot"]
     assert "apt-get install graphviz" in capsys.readouterr().err
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit) as info:
-        visualize.main(["DARTS_V9", "-o", str(tmp_path)])
+        plot.main(["DARTS_V9", "-o", str(tmp_path)])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown genotype 'DARTS_V9'") and err.count("\n") == 1
     with pytest.raises(UserError, match="unknown drawing format 'gif'"):
-        visualize.plot_genotype(load_genotype("DARTS_V1"), tmp_path, "gif")
+        drawing.plot_genotype(load_genotype("DARTS_V1"), tmp_path, "gif")

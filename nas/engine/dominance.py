@@ -69,7 +69,7 @@ class DominanceTracker:
 
 
 def warning_line(stage: int, group: str, summary: dict[str, Any], controller: str) -> str:
-    """The one-line warning: which op took how many edges, and the usual counters (README, failure modes)."""
+    """The one-line warning: which op took how many edges, and the usual counters (docs/monitoring.md)."""
     n = len(summary["argmax"])
     k = round(summary["top_share"] * n)
     return (f"stage {stage} {group} cell: {summary['top_op']} is the most probable op on {k}/{n} edges "

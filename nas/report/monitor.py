@@ -2,7 +2,7 @@
 
 Tags are grouped per stage (`stage1/...`) because the meaning of an edge's op indices changes when
 a stage drops ops. The step axis is the global weight-step count of the whole search.
-`python -m nas.report.monitor` prints the tag table of the README's Monitoring section.
+`python -m nas.report.monitor` prints the tag table of docs/monitoring.md.
 """
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def tag_writer(template: str) -> str:
 
 
 def tag_table_markdown() -> str:
-    """The README table of every documented tag: template, kind, which searches write it, what it tells."""
+    """The tag table of docs/monitoring.md: template, kind, which searches write it, what it tells."""
     rows = ["| tag | kind | written by | what it tells |", "|---|---|---|---|"]
     for kind, table in tag_kinds().items():
         for template, meaning in table.items():
