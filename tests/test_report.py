@@ -9,6 +9,7 @@ import pytest
 from conftest import ROOT
 
 import search
+from nas.cli import report as report_cli
 from nas.core.errors import UserError
 from nas.core.records import read_record, write_record
 from nas.report import run as report
@@ -54,7 +55,7 @@ def test_nas_report_writes_figures_and_a_report_that_embeds_them(finished, capsy
     controller, run_dir = finished
     for path in [run_dir / "report.md", *(run_dir / "report").iterdir()]:
         path.unlink()
-    report.main([str(run_dir)])
+    report_cli.main([str(run_dir)])
     assert capsys.readouterr().out.strip() == str(run_dir / "report.md")
     text = (run_dir / "report.md").read_text()
     figures = sorted(p.name for p in (run_dir / "report").iterdir())
@@ -87,7 +88,7 @@ def test_report_of_an_unfinished_run_uses_the_latest_stage(finished, tmp_path: P
 
 def test_bad_run_directories_are_one_line_user_errors(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        report.main([str(tmp_path / "missing")])
+        report_cli.main([str(tmp_path / "missing")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
     with pytest.raises(UserError, match="neither genotype.json nor stages"):

@@ -17,9 +17,9 @@ from conftest import ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from nas.cli import report as report_cli
 from nas.core.errors import UserError
 from nas.core.records import make_record, write_record
-from nas.report import run as report
 from nas.sweep import driver as sweep
 from nas.sweep.results import SWEEP_FILE, write_sweep_report
 from nas.sweep.spec import load_spec
@@ -165,7 +165,7 @@ def test_nas_report_rewrites_a_sweeps_table_and_plot(finished: Path, capsys) -> 
     before = (finished / "sweep.csv").read_text()
     for name in ("sweep.csv", "sweep.md", "report/sweep_params_acc.png"):
         (finished / name).unlink()
-    report.main([str(finished)])
+    report_cli.main([str(finished)])
     assert capsys.readouterr().out.strip() == str(finished / "sweep.md")
     assert (finished / "sweep.csv").read_text() == before
     assert (finished / "report" / "sweep_params_acc.png").is_file()
