@@ -590,3 +590,37 @@ def test_a_changed_base_config_in_a_used_sweep_directory_is_refused(tmp_path: Pa
         sweep.main([str(spec), "--run-dir", str(tmp_path / "sweep")])
     assert exit_info.value.code == 2
     assert "base (or probe) config's contents differ" in capsys.readouterr().err
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_a_stage_dies_with_the_runner_that_holds_its_lease(tmp_path: Path) -> None:
+    """A runner SIGKILLed mid-stage (its Ray worker died) takes its stage with it, and the next runner takes its
+    lease at once: no stage goes on unseen beside a rerun."""
+    spec, run_dir = eval_sweep(tmp_path)
+    pid_file = tmp_path / "stage.pid"
+    stage = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    runner = (f"import sys; from nas import sweep_trial; from nas.sweep_results import load_sweep; "
+              f"sweep_trial._command = lambda *args: [sys.executable, '-c', {stage!r}]; "
+              f"spec = load_sweep(__import__('pathlib').Path({str(run_dir)!r})); "
+              f"sweep_trial.run_trial(spec, spec.trials[0], {str(run_dir)!r}, 1)")
+    worker = subprocess.Popen([sys.executable, "-c", runner], cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 60
+    while not (pid_file.is_file() and pid_file.read_text()):
+        assert worker.poll() is None and time.monotonic() < deadline, "the stage never started"
+        time.sleep(0.05)
+    stage_pid = int(pid_file.read_text())
+    worker.kill()
+    worker.wait()
+    deadline = time.monotonic() + 10
+    while _running(stage_pid):
+        assert time.monotonic() < deadline, "the stage outlived its runner"
+        time.sleep(0.05)
+    lease = sweep_lease.Lease(run_dir / spec.trials[0].name / sweep_trial.LEASE)
+    assert lease.try_acquire()  # its owner is dead: no waiting for the heartbeat to go stale
+    lease.release()
