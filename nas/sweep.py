@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from nas.errors import OneLineParser, UserError, exit_on_user_error
 from nas.genotype import write_record
 from nas.sweep_results import SWEEP_FILE, load_sweep, trial_row, write_sweep_report
-from nas.sweep_spec import Spec, load_spec
+from nas.sweep_spec import Spec, configs_digest, load_spec
 from nas.sweep_trial import DONE, FAILED, INTERRUPTED, failure, read_state, record_failure, run_trial
 
 INSTALL_HINT = "nas-sweep runs its trials with Ray, which is not installed; install it with: pip install -e '.[sweep]'"
@@ -67,7 +67,11 @@ def prepare(args: argparse.Namespace) -> tuple[Spec, Path]:
     if args.resume and not saved.is_file():
         raise UserError(f"--resume: {sweep_dir} holds no {SWEEP_FILE}; start the sweep without --resume")
     if args.spec is None:
-        return load_sweep(sweep_dir), sweep_dir
+        spec = load_sweep(sweep_dir)
+        if spec.config_sha256 and spec.config_sha256 != configs_digest(spec.base, spec.probe):
+            raise UserError(f"{spec.base} (or the probe config) has changed since the sweep in {sweep_dir} started; "
+                            "restore it, or start a new sweep in another --run-dir")
+        return spec, sweep_dir
     spec = load_spec(args.spec)
     if saved.is_file():
         old = json.loads(saved.read_text(encoding="utf-8"))

@@ -291,7 +291,7 @@ def _validate_trials(spec: Spec) -> None:
             raise _fail(Path(spec.path), f"probe: {err}") from None
 
 
-def _config_sha256(base: str, probe: Probe | None) -> str:
+def configs_digest(base: str, probe: Probe | None) -> str:
     """A digest of what the base (and probe) config says: its parsed YAML, so comments and layout do not count."""
     trees = [read_yaml(base), read_yaml(probe.config) if probe is not None else None]
     return hashlib.sha256(json.dumps(trees, sort_keys=True, default=str).encode()).hexdigest()
@@ -333,6 +333,6 @@ def load_spec(path: str | Path) -> Spec:
     spec = Spec(path=str(spec_path), base=base, kind=kind,
                 genotype=resolve_path(spec_path.parent, GENOTYPE_KEY, genotype), fixed=fixed, grid=grid, random=rand,
                 seeds=seeds, probe=probe, resources=_resources(spec_path, tree.get("resources")),
-                trials=expand(fixed, grid, rand, seeds, spec_path.parent), config_sha256=_config_sha256(base, probe))
+                trials=expand(fixed, grid, rand, seeds, spec_path.parent), config_sha256=configs_digest(base, probe))
     _validate_trials(spec)
     return spec

@@ -590,6 +590,9 @@ def test_a_changed_base_config_in_a_used_sweep_directory_is_refused(tmp_path: Pa
         sweep.main([str(spec), "--run-dir", str(tmp_path / "sweep")])
     assert exit_info.value.code == 2
     assert "base (or probe) config's contents differ" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # and without the spec, from the saved one
+        sweep.main(["--resume", "--run-dir", str(tmp_path / "sweep")])
+    assert exit_info.value.code == 2 and "has changed since the sweep" in capsys.readouterr().err
 
 
 def _running(pid: int) -> bool:
