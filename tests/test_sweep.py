@@ -42,7 +42,9 @@ TINY = {"model.C": 4, "stages.layers": [3, 3, 3], "stages.epochs": [1, 1, 1], "s
 ALPHAS = [[0.0, 0.0, 0.0], [-0.5, -0.5, -0.5]]
 BASE = str(ROOT / "experiments" / "quick_digits_reinforce.yaml")
 # RAY_ADDRESS names nothing: a driver without --ray must start its own Ray, not join what RAY_ADDRESS names.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "127.0.0.1:1"}
+# Ray's memory monitor is off: it counts the whole machine's memory, so other jobs would get the trials' workers
+# killed (and their stages with them) and retried, and the tests count attempts.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "127.0.0.1:1", "RAY_memory_monitor_refresh_ms": "0"}
 
 
 def write_spec(path: Path, **changes) -> Path:
