@@ -114,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             setup_logging(run_dir, info.is_main)
             try:
                 record = search.run()
-            except TrainingDiverged as err:
-                print(f"error: {err}", file=sys.stderr)
+            except TrainingDiverged as err:  # raised on every rank at once; rank 0 reports it
+                if info.is_main:
+                    print(f"error: {err}", file=sys.stderr)
                 return 1
     if not info.is_main:
         return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,10 +150,14 @@ class StageRunner:
         self.w_opt.zero_grad(set_to_none=True)
         logits = self.model(x, **forward_kwargs)
         loss = F.cross_entropy(logits, y)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(self.search.where(f"loss became {loss.item()}"))
         loss.backward()
-        average_gradients(self.params)  # under torchrun: the mean over the ranks' shards (and paths)
+        diverged = average_gradients(self.params, loss)  # under torchrun: the mean over the ranks' shards (and paths)
+        if diverged:  # every rank stops at this step, before the weights move
+            local, ranks = loss.item(), self.search.dist.world_size
+            what = f"loss became {local}" if not math.isfinite(local) else "loss became non-finite"
+            if ranks > 1:
+                what += f" on rank {', '.join(map(str, diverged))} of {ranks}"
+            raise TrainingDiverged(self.search.where(what))
         if self.cfg.optim.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
         self.w_opt.step()
