@@ -50,6 +50,8 @@ SAMPLE_TAGS: dict[str, str] = {
 }
 ENGINE_TEXT_TAGS: dict[str, str] = {
     "stage{s}/genotype": "the architecture derived at the end of the stage",
+    "stage{s}/diverged": "why the search stopped: the non-finite loss or logits, where, and the command that reruns "
+                         "the stage with a lower lr",
 }
 IMAGE_TAGS: dict[str, str] = {
     "stage{s}/cell/{cell}": "graphviz drawing of the stage's derived normal and reduce cells",
@@ -80,6 +82,7 @@ def _plugin_tags() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
 
 _PLUGIN_SCALARS, _PLUGIN_TEXTS, _WRITERS = _plugin_tags()
 _WRITERS.update({template: "searches whose controller scores samples" for template in SAMPLE_TAGS})
+_WRITERS["stage{s}/diverged"] = "a search that diverges"
 TAG_KINDS: dict[str, dict[str, str]] = {"scalar": {**ENGINE_TAGS, **SAMPLE_TAGS, **_PLUGIN_SCALARS},
                                         "text": {**ENGINE_TEXT_TAGS, **_PLUGIN_TEXTS}, "image": IMAGE_TAGS}
 
