@@ -51,9 +51,13 @@ def prepare(args: argparse.Namespace, world_size: int):
     from nas.engine.search_config import SearchConfig
 
     if args.resume:
-        if args.config or args.overrides or args.stage is not None:
-            raise UserError("--resume continues a run with its saved config; drop -c, --set and --stage")
+        if args.config or args.overrides or args.stage is not None or args.seed is not None:
+            raise UserError("--resume continues a run with its saved config and seed; drop -c, --set, --seed and "
+                            "--stage")
         run_dir = Path(args.resume)
+        if args.run_dir is not None and Path(args.run_dir).resolve() != run_dir.resolve():
+            raise UserError(f"--run-dir {args.run_dir} and --resume {run_dir} differ; a resumed run stays in its "
+                            f"directory")
         state = load_checkpoint(run_dir, "search")
         saved_world = state.get("world_size", 1)
         if saved_world != world_size:
@@ -71,7 +75,21 @@ def prepare(args: argparse.Namespace, world_size: int):
         raise UserError(f"--stage must be between 1 and {cfg.num_stages}, got {args.stage}")
     name = f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(args.run_dir) if args.run_dir else Path(cfg.run.out_dir) / name
+    if args.stage is None:
+        refuse_finished_run(run_dir)
     return cfg, run_dir
+
+
+def refuse_finished_run(run_dir: Path) -> None:
+    """A fresh search never starts in a directory that holds a run (its checkpoint or its record); `--stage N`
+    reuses one on purpose."""
+    from nas.core.checkpoint import CHECKPOINT
+    from nas.engine.search_loop import RECORD
+
+    held = [name for name in (CHECKPOINT, RECORD) if (run_dir / name).exists()]
+    if held:
+        raise UserError(f"{run_dir} already holds a run ({held[0]}); continue it with --resume {run_dir}, rerun one "
+                        f"of its stages with --stage N, or choose another --run-dir")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,17 +104,19 @@ def main(argv: list[str] | None = None) -> int:
 
         with process_group(info, resolve_device(cfg.run.device, info.local_rank)):
             run_dir = broadcast_object(run_dir)  # rank 0's timestamped name
+            only_stage = args.stage - 1 if args.stage is not None else None
+            # Loads and checks the data and the space first: a failed start leaves no run directory behind.
+            search = Search(cfg, run_dir, resume=bool(args.resume), only_stage=only_stage)
             if info.is_main:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_tree(), sort_keys=False))
             barrier()  # the other ranks open the directory once it exists
             setup_logging(run_dir, info.is_main)
-            only_stage = args.stage - 1 if args.stage is not None else None
-            search = Search(cfg, run_dir, resume=bool(args.resume), only_stage=only_stage)
             try:
                 record = search.run()
-            except TrainingDiverged as err:
-                print(f"error: {err}", file=sys.stderr)
+            except TrainingDiverged as err:  # raised on every rank at once; rank 0 reports it
+                if info.is_main:
+                    print(f"error: {err}", file=sys.stderr)
                 return 1
     if not info.is_main:
         return 0

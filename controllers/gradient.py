@@ -43,6 +43,10 @@ class GradientConfig:
             raise UserError(f"gradient.lr must be positive, got {self.lr}")
         if self.grad_clip < 0:
             raise UserError(f"gradient.grad_clip must be >= 0 (0 disables it), got {self.grad_clip}")
+        if any(not 0.0 <= beta < 1.0 for beta in self.betas):
+            raise UserError(f"gradient.betas must be two values in [0, 1), got {list(self.betas)}")
+        if not self.weight_decay >= 0:
+            raise UserError(f"gradient.weight_decay must be >= 0, got {self.weight_decay}")
 
 
 FD_RADIUS = 0.01  # R = FD_RADIUS / ||grad_w' L_val|| in the finite-difference Hessian-vector product

@@ -113,9 +113,10 @@ def sync_worker() -> None:
                 start = (step * BATCH + info.rank * per_rank) % (len(y_all) - per_rank)
                 x, y = x_all[start:start + per_rank].to(device), y_all[start:start + per_rank].to(device)
                 opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x, path=paths[info.rank]), y).backward()
+                loss = F.cross_entropy(model(x, path=paths[info.rank]), y)
+                loss.backward()
                 if model is net:
-                    average_gradients(params)
+                    average_gradients(params, loss)
                 opt.step()
             if device.type == "cuda":
                 torch.cuda.synchronize()

@@ -3,6 +3,7 @@
 DDP_TRACE=DIR  every rank writes DIR/rank{r}.pt: its architecture logits after every architecture step and the
                forward arguments (the path) of every weight step
 DDP_KILL=R:S   rank R kills itself with SIGKILL as it starts weight step S (counted over the whole search)
+DDP_NAN=R:S    rank R's batch of weight step S is all NaN (its loss alone diverges)
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def arch_step(self: loop.StageRunner, train_batch: Any, step: int) -> dict[str, 
 def weight_step(self: loop.StageRunner, x: torch.Tensor, y: torch.Tensor, forward_kwargs: dict[str, Any]):
     if os.environ.get("DDP_KILL") == f"{RANK}:{self.search.progress.global_step}":
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("DDP_NAN") == f"{RANK}:{self.search.progress.global_step}":
+        x = x * float("nan")
     TRACE["paths"].append(forward_kwargs.get("path"))
     return _weight_step(self, x, y, forward_kwargs)
 

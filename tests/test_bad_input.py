@@ -55,6 +55,27 @@ def test_malformed_record_json(capsys, tmp_path):
 def test_bad_search_config(overrides, message, capsys, tmp_path):
     err = _one_line_exit_2(search.main, ["-c", QUICK, "--run-dir", str(tmp_path / "r"), "--set", *overrides], capsys)
     assert message in err
+    assert not (tmp_path / "r").exists()  # refused before the run directory is made
+
+
+@pytest.mark.parametrize("marker", ["checkpoint.pt", "genotype.json"])
+def test_a_search_into_a_finished_run_is_refused(marker, capsys, tmp_path):
+    (tmp_path / marker).write_text("the earlier run")
+    err = _one_line_exit_2(search.main, ["-c", QUICK, "--run-dir", str(tmp_path)], capsys)
+    assert f"--resume {tmp_path}" in err and "--stage" in err
+    assert [p.name for p in tmp_path.iterdir()] == [marker]  # no config.yaml, log or events written
+    assert (tmp_path / marker).read_text() == "the earlier run"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seed", "3"], "--seed"),
+    (["--run-dir", "{other}"], "--run-dir"),
+])
+def test_resume_refuses_a_seed_or_another_run_dir(extra, message, capsys, tmp_path):
+    argv = ["--resume", str(tmp_path)] + [a.replace("{other}", str(tmp_path / "other")) for a in extra]
+    assert message in _one_line_exit_2(search.main, argv, capsys)
+    same_dir = ["--resume", str(tmp_path), "--run-dir", str(tmp_path / ".")]
+    assert "no checkpoint.pt" in _one_line_exit_2(search.main, same_dir, capsys)  # its own directory is fine
 
 
 def test_image_too_small_for_the_reductions(monkeypatch, capsys, tmp_path):
@@ -63,6 +84,7 @@ def test_image_too_small_for_the_reductions(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr("nas.core.data.load_dataset", lambda *a, **k: tiny)
     err = _one_line_exit_2(search.main, ["-c", QUICK, "--run-dir", str(tmp_path / "r")], capsys)
     assert "too small for the two reduction cells" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_resume_of_an_empty_directory(capsys, tmp_path):

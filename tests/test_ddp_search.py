@@ -1,8 +1,9 @@
 """The search under torchrun on CPU (2 processes, gloo): one architecture on every rank, a different sampled path
-per rank, the one-process result in mixture mode, and an exact resume after one rank is killed.
+per rank, the one-process result in mixture mode, an exact resume after one rank is killed, the refusal of a resume
+on another number of processes, and a NaN on one rank stopping every rank with the search's own error.
 
-Each run goes through tests/ddp_search_worker.py, which records every rank's logits and paths (DDP_TRACE) or kills
-a rank (DDP_KILL).
+Each run goes through tests/ddp_search_worker.py, which records every rank's logits and paths (DDP_TRACE), kills
+a rank (DDP_KILL) or poisons one rank's batch (DDP_NAN).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from conftest import ROOT
 from torch import nn
 
 import search
-from nas.core.checkpoint import load_checkpoint
+from nas.core import distributed
+from nas.core.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from nas.core.records import read_record
 from search_spaces.darts.space import DartsSpace
 
@@ -118,3 +120,42 @@ def test_a_killed_rank_resumes_to_the_same_genotype(reinforce_run, tmp_path, vic
     full, again = read_record(full_dir / "genotype.json"), read_record(run_dir / "genotype.json")
     assert again["genotype"] == full["genotype"]
     assert again["search"]["stages"] == full["search"]["stages"]  # every probability and accuracy on the way
+
+
+def test_a_resume_on_another_number_of_processes_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_checkpoint(run_dir, {"world_size": 1}, "search")  # prepare reads the world size before anything else
+    result = torchrun(["--resume", str(run_dir)], tmp_path)
+    assert result.returncode != 0
+    assert f"error: {run_dir} was searched by 1 process(es), this is 2; resume it with torchrun " \
+           "--nproc_per_node=1" in result.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == [CHECKPOINT]
+
+
+def test_a_nan_on_one_rank_stops_every_rank_with_the_search_error(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["-c", str(EXPERIMENTS / "quick_digits.yaml"), "--set", *TINY, *ONE_STAGE, "run.checkpoint_every=1"]
+    result = torchrun([*args, "--run-dir", str(run_dir)], tmp_path, DDP_NAN="1:1")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: loss became non-finite on rank 1 of 2 at stage 1, epoch 1, step 1; the last good "
+                      f"checkpoint and the finished stages are kept in {run_dir}; rerun this stage from them with a "
+                      f"lower lr: python search.py -c {run_dir / 'config.yaml'} --run-dir {run_dir} --stage 1 "
+                      f"--set optim.lr=0.0125"], result.stderr[-3000:]
+    assert "exitcode  : 1 " in result.stderr and "exitcode  : -" not in result.stderr  # every rank exited 1 itself
+    assert load_checkpoint(run_dir, "search")["progress"]["global_step"] == 1
+
+
+def test_all_mean_keeps_float64(tmp_path, monkeypatch):
+    """A one-process gloo group posing as two ranks: the mean is the sum over that one rank, halved."""
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(distributed, "world", lambda: distributed.DistInfo(0, 2, 0))
+        fine = torch.tensor([1.0 + 2.0 ** -40], dtype=torch.float64)
+        mean, single = distributed.all_mean([fine, torch.ones(2)])
+    finally:
+        tdist.destroy_process_group()
+    assert mean.dtype == torch.float64 and mean.item() == (1.0 + 2.0 ** -40) / 2
+    assert single.dtype == torch.float32 and torch.equal(single, torch.full((2,), 0.5))

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import ROOT, TINY_SEARCH
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import search
 from controllers.base import ArchStepContext
@@ -159,6 +160,11 @@ def test_nan_loss_stops_naming_where_and_keeps_the_last_checkpoint(tmp_path, mon
     assert f"--run-dir {run_dir} --stage 1 --set optim.lr=" in err
     assert saved_steps == [2] and (run_dir / CHECKPOINT).exists()
     assert load_checkpoint(run_dir, "search")["progress"]["global_step"] == 2
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()  # the events before the divergence, and the divergence itself, reached the event file
+    assert [e.step for e in events.Scalars("stage1/normal/prob/edge_00/none")] == [2]
+    diverged = events.Tensors("stage1/diverged/text_summary")
+    assert len(diverged) == 1 and b"became n" in diverged[0].tensor_proto.string_val[0]
     monkeypatch.undo()  # the command the message gives reruns the stage
     rerun = err.split("python search.py ")[1].split()
     assert search.main(rerun) == 0 and (run_dir / "stages" / "stage1.json").exists()

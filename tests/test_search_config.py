@@ -36,6 +36,8 @@ PAPER = str(ROOT / "experiments" / "pdarts_cifar10.yaml")
     (["data.dataset=svhn"], "unknown dataset 'svhn'"),
     (["data.train_portion=1.5"], "data.train_portion must be in (0, 1)"),
     (["gradient.order=3"], "gradient.order must be 1 or 2"),
+    (["gradient.betas=[0.5,1.0]"], "gradient.betas must be two values in [0, 1)"),
+    (["gradient.weight_decay=-0.001"], "gradient.weight_decay must be >= 0"),
     (["stages.skip_dropout=[0.0,0.4,1.5]"], "skip_dropout rates must be in [0, 1)"),
     (["run.seed"], "write it as section.key=value"),
 ])
@@ -46,6 +48,13 @@ def test_bad_config_is_one_line_error(overrides, message, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert message in err
+
+
+@pytest.mark.parametrize("override", ["gradient.betas=[-0.1,0.999]", "gradient.betas=[0.5,1.0]",
+                                      "gradient.weight_decay=-0.001", "gradient.weight_decay=.nan"])
+def test_adams_settings_are_checked_with_the_config(override):
+    with pytest.raises(UserError, match=r"gradient\.(betas|weight_decay) must"):
+        load_config(SearchConfig, QUICK, [override])
 
 
 def test_old_op_spelling_is_accepted_and_normalised():
@@ -73,13 +82,14 @@ def test_paper_config_is_the_papers_schedule():
     assert len(cfg.model.normal_ops) == 8
 
 
-def test_missing_dataset_path_exits_2_without_traceback():
-    proc = subprocess.run([sys.executable, "search.py", "-c", PAPER, "--set", "data.root=/nonexistent"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+def test_missing_dataset_path_exits_2_without_traceback_or_run_directory(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "search.py"), "-c", PAPER, "--set", "data.root=/nonexistent"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "/nonexistent" in lines[0] and "data.download=true" in lines[0]
+    assert list(tmp_path.iterdir()) == []  # no runs/<config>-<time>/ with config.yaml and search.log
 
 
 @pytest.mark.parametrize("argv, message", [

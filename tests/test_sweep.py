@@ -1,17 +1,26 @@
 """nas-sweep: spec expansion and checks, a real 4-trial sweep on a local Ray (2 at a time), its table and HParams,
-`nas-report SWEEP_DIR`, a driver killed mid-sweep and rerun, and the install hint without Ray."""
+`nas-report SWEEP_DIR`, a driver killed mid-sweep and rerun, two drivers on one sweep with a trial that raises,
+the install hint without Ray; and, on an in-process stand-in for Ray, reports that fail or race, trials that raise,
+the per-trial lease, paths relative to the spec and the base config's contents."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import pytest
+import ray
+import torch.utils.tensorboard
 import yaml
 from conftest import ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -21,9 +30,11 @@ from nas.cli import report as report_cli
 from nas.core.errors import UserError
 from nas.core.records import make_record, write_record
 from nas.sweep import driver as sweep
+from nas.sweep import lease as sweep_lease
+from nas.sweep import trial as sweep_trial
 from nas.sweep.results import SWEEP_FILE, write_sweep_report
-from nas.sweep.spec import load_spec
-from nas.sweep.trial import DONE, read_state
+from nas.sweep.spec import Spec, load_spec
+from nas.sweep.trial import DONE, FAILED, read_state
 from search_spaces.darts.genotype import load_genotype
 
 # The quick digits REINFORCE search cut to a few weight steps per stage (100 training images, batch 96) over 4 ops
@@ -34,7 +45,10 @@ TINY = {"model.C": 4, "stages.layers": [3, 3, 3], "stages.epochs": [1, 1, 1], "s
         "reinforce.samples_per_update": 2, "data.batch_size": 96, "data.limit": 200, "run.draw": False}
 ALPHAS = [[0.0, 0.0, 0.0], [-0.5, -0.5, -0.5]]
 BASE = str(ROOT / "experiments" / "quick_digits_reinforce.yaml")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# RAY_ADDRESS names nothing: a driver without --ray must start its own Ray, not join what RAY_ADDRESS names.
+# Ray's memory monitor is off: it counts the whole machine's memory, so other jobs would get the trials' workers
+# killed (and their stages with them) and retried, and the tests count attempts.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": "127.0.0.1:1", "RAY_memory_monitor_refresh_ms": "0"}
 
 
 def write_spec(path: Path, **changes) -> Path:
@@ -112,6 +126,17 @@ def crashed(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     rerun = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     return root / "sweep", at_kill
+
+
+def eval_sweep(tmp_path: Path) -> tuple[Spec, Path]:
+    """A 2-trial eval sweep directory (nothing run yet) and its spec."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"kind": "eval", "base": str(ROOT / "experiments" / "eval_digits_smoke.yaml"),
+                                    "grid": {"genotype": ["PDARTS", "DARTS_V2"]}}))
+    spec = load_spec(path)
+    run_dir = tmp_path / "sweep"
+    write_record(run_dir / SWEEP_FILE, spec.to_dict())
+    return spec, run_dir
 
 
 def rows(run_dir: Path) -> list[dict[str, str]]:
@@ -265,12 +290,7 @@ def test_the_worked_example_is_a_valid_spec() -> None:
 
 
 def test_an_eval_sweep_table_keeps_the_varied_genotype_apart_from_the_trained_one(tmp_path: Path) -> None:
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump({"kind": "eval", "base": str(ROOT / "experiments" / "eval_digits_smoke.yaml"),
-                                    "grid": {"genotype": ["PDARTS", "DARTS_V2"]}}))
-    spec = load_spec(path)
-    run_dir = tmp_path / "sweep"
-    write_record(run_dir / SWEEP_FILE, spec.to_dict())
+    spec, run_dir = eval_sweep(tmp_path)
     trial = spec.trials[0]  # finished; the other never started
     eval_metrics = {"top1": 97.5, "params_M": 0.1, "flops_M": 2.0, "wall_time_s": 30.0}
     write_record(run_dir / trial.name / "eval" / "genotype.json",
@@ -282,3 +302,334 @@ def test_an_eval_sweep_table_keeps_the_varied_genotype_apart_from_the_trained_on
     assert (float(first["top1"]), float(first["params_M"]), float(first["wall_s"])) == (97.5, 0.1, 30.0)
     assert (second["genotype"], second["status"], second["top1"]) == ("DARTS_V2", "pending", "")
     assert (run_dir / trial.name / "hparams").is_dir() and not (run_dir / spec.trials[1].name / "hparams").exists()
+
+
+# --- two drivers on one sweep directory, on a local Ray each, with a trial whose runner raises -------------------
+
+
+@pytest.fixture(scope="module")
+def two_drivers(tmp_path_factory) -> tuple[Path, str, list[subprocess.CompletedProcess]]:
+    """A 2-trial eval sweep (one epoch of a 3-cell network) run by two nas-sweep drivers at once (1 trial at a time
+    each); the first trial's runner raises (its eval.out is a folder, so the output file cannot be opened)."""
+    root = tmp_path_factory.mktemp("two")
+    spec = write_spec(root / "spec.yaml", kind="eval", base=str(ROOT / "experiments" / "eval_digits_smoke.yaml"),
+                      genotype="PDARTS", grid=None, set={"train.epochs": 1, "model.C": 4, "model.layers": 3},
+                      resources={"num_cpus": 1})  # one thread: two compete badly on a busy machine
+    broken = load_spec(spec).trials[0].name
+    (root / "sweep" / broken / "eval.out").mkdir(parents=True)
+    command = [*sweep_command(spec, root / "sweep")[:-1], "1"]
+    logs = [root / f"driver{i}.log" for i in range(2)]
+    drivers = []
+    for log in logs:
+        with open(log, "w") as out:
+            drivers.append(subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT))
+    done = [subprocess.CompletedProcess(d.args, d.wait(timeout=600), log.read_text(), "")
+            for d, log in zip(drivers, logs)]
+    return root / "sweep", broken, done
+
+
+def test_two_drivers_on_one_sweep_run_no_trial_twice(two_drivers) -> None:
+    run_dir, broken, done = two_drivers
+    assert [d.returncode for d in done] == [1, 1], "\n".join(d.stdout for d in done)  # one trial failed
+    for trial_dir in trial_dirs(run_dir):
+        assert len(read_state(trial_dir)["attempts"]) == 1  # the broken trial's too: it raised once
+    assert not list(run_dir.glob("*/.lease"))  # every lease was released
+
+
+def test_a_trial_that_raises_is_failed_with_its_reason_while_the_others_finish(two_drivers) -> None:
+    run_dir, broken, done = two_drivers
+    state = read_state(run_dir / broken)
+    assert state["status"] == FAILED and state["reason"].startswith("IsADirectoryError")
+    assert "eval.out" in state["reason"] and "_run_stage" in state["traceback"]
+    assert [r["status"] for r in rows(run_dir)] == [FAILED, DONE]
+    assert rows(run_dir)[0]["reason"] == state["reason"]
+    assert f"- {broken} (failed): {state['reason']}" in (run_dir / "sweep.md").read_text()
+    assert all(f"{broken}: failed: IsADirectoryError" in d.stdout for d in done)
+
+
+# --- an in-process stand-in for Ray: tasks run at once, in this process ----------------------------------------
+
+
+class _Ref:
+    def __init__(self, value=None, error: Exception | None = None):
+        self.value, self.error = value, error
+
+
+class _Task:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def options(self, **_):
+        return self
+
+    def remote(self, *args) -> _Ref:
+        try:
+            return _Ref(self.fn(*args))
+        except Exception as err:  # as Ray does: the caller sees it from get(), wrapped
+            return _Ref(error=ray.exceptions.RayTaskError(self.fn.__name__, traceback.format_exc(), err))
+
+
+class InProcessRay:
+    """The part of Ray's API that nas.sweep.driver.run_sweep uses."""
+
+    exceptions = ray.exceptions
+
+    def __init__(self, inits: list[dict] | None = None, init_error: Exception | None = None):
+        self.inits, self.init_error = inits, init_error
+
+    def remote(self, fn) -> _Task:
+        return _Task(fn)
+
+    def wait(self, refs, num_returns):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref: _Ref):
+        if ref.error is not None:
+            raise ref.error
+        return ref.value
+
+    def init(self, **kwargs) -> None:
+        self.inits.append(kwargs)
+        if self.init_error is not None:
+            raise self.init_error
+
+    def cluster_resources(self) -> dict[str, float]:
+        return {"CPU": 2.0}
+
+
+@pytest.fixture
+def quick_stages(monkeypatch) -> None:
+    """Every stage's command is a Python that exits 0 at once (no training)."""
+    monkeypatch.setattr(sweep_trial, "_command", lambda *args: [sys.executable, "-c", "pass"])
+
+
+def test_a_failing_report_is_a_warning_and_the_trials_go_on(tmp_path: Path, quick_stages, monkeypatch,
+                                                            capsys) -> None:
+    spec, run_dir = eval_sweep(tmp_path)
+
+    def broken_report(sweep_dir):
+        raise OSError(f"[Errno 39] Directory not empty: '{sweep_dir}/hparams'")
+
+    monkeypatch.setattr(sweep, "write_sweep_report", broken_report)
+    assert sweep.run_sweep(InProcessRay(), spec, run_dir, sweep.Plan(1, 1, 0)) == 0
+    assert all(read_state(d)["status"] == DONE for d in trial_dirs(run_dir))
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 3 and all(w.startswith("warning: the sweep report was not written") for w in warnings)
+
+
+def test_a_trial_whose_runner_raises_is_failed_with_its_reason(tmp_path: Path, quick_stages) -> None:
+    spec, run_dir = eval_sweep(tmp_path)
+    broken = spec.trials[0].name
+    (run_dir / broken / "eval.out").mkdir(parents=True)
+    assert sweep.run_sweep(InProcessRay(), spec, run_dir, sweep.Plan(1, 1, 0)) == 1
+    state = read_state(run_dir / broken)
+    assert state["status"] == FAILED and state["reason"].startswith("IsADirectoryError")
+    assert "_run_stage" in state["traceback"] and len(state["traceback"].splitlines()) <= sweep_trial.TRACEBACK_LINES
+    assert read_state(run_dir / spec.trials[1].name)["status"] == DONE
+    assert [r["reason"] for r in rows(run_dir)] == [state["reason"], ""]
+    assert f"- {broken} (failed): {state['reason']}" in (run_dir / "sweep.md").read_text()
+
+
+def test_a_task_that_fails_outside_its_runner_is_recorded_by_the_driver(tmp_path: Path, quick_stages,
+                                                                         monkeypatch, capsys) -> None:
+    spec, run_dir = eval_sweep(tmp_path)
+    real = sweep.run_trial
+
+    def run_trial(spec_, trial, *args):
+        if trial.index == 0:
+            raise ModuleNotFoundError("No module named 'nas'")  # as on a node without the project
+        return real(spec_, trial, *args)
+
+    monkeypatch.setattr(sweep, "run_trial", run_trial)
+    assert sweep.run_sweep(InProcessRay(), spec, run_dir, sweep.Plan(1, 1, 0)) == 1
+    state = read_state(run_dir / spec.trials[0].name)
+    assert state["status"] == FAILED and state["reason"] == "ModuleNotFoundError: No module named 'nas'"
+    assert "run_trial" in state["traceback"]
+    assert f"{spec.trials[0].name}: failed: ModuleNotFoundError" in capsys.readouterr().out
+    assert read_state(run_dir / spec.trials[1].name)["status"] == DONE
+
+
+def test_sweep_files_are_replaced_whole_not_rewritten_in_place(tmp_path: Path) -> None:
+    _, run_dir = eval_sweep(tmp_path)
+    write_sweep_report(run_dir)
+    names = ("sweep.csv", "sweep.md")
+    before = {name: os.stat(run_dir / name).st_ino for name in names}
+    write_sweep_report(run_dir)
+    assert all(os.stat(run_dir / name).st_ino != before[name] for name in names)  # a reader sees old or new
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_a_report_racing_another_for_the_hparams_folder_does_not_fail(tmp_path: Path, monkeypatch) -> None:
+    spec, run_dir = eval_sweep(tmp_path)
+    trial_dir = run_dir / spec.trials[0].name
+    write_record(trial_dir / "trial.json", {"status": DONE, "stages": {"eval": DONE}, "attempts": []})
+    real = torch.utils.tensorboard.SummaryWriter
+
+    class RacedWriter(real):
+        """Lets another report (nas-report SWEEP_DIR) write the trial's HParams first."""
+
+        def __init__(self, *args, **kwargs):
+            monkeypatch.setattr(torch.utils.tensorboard, "SummaryWriter", real)
+            write_sweep_report(run_dir)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.tensorboard, "SummaryWriter", RacedWriter)
+    write_sweep_report(run_dir)
+    events = EventAccumulator(str(trial_dir / "hparams"))
+    events.Reload()
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    assert sorted(p.name for p in trial_dir.iterdir()) == ["hparams", "trial.json"]  # no temporary folder left
+
+
+def test_without_ray_flag_a_new_local_ray_starts_and_ray_failures_are_one_line(monkeypatch) -> None:
+    inits: list[dict] = []
+    assert sweep.start_ray(InProcessRay(inits), None) == (2.0, 0.0)
+    assert inits[0]["address"] == "local"  # never what RAY_ADDRESS or Ray's current-cluster file names
+    failing = InProcessRay([], ValueError("When connecting to an existing cluster, num_cpus and num_gpus must not "
+                                          "be provided.\nmore"))
+    with pytest.raises(UserError, match=r"^could not start Ray on this machine: ValueError: When connecting.*"
+                                        r"provided\.$"):
+        sweep.start_ray(failing, None)
+
+
+def test_an_unreachable_ray_address_is_a_one_line_error_at_once(tmp_path: Path, capsys) -> None:
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main([str(write_spec(tmp_path / "spec.yaml")), "--run-dir", str(tmp_path / "sweep"),
+                    "--ray", "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: --ray 127.0.0.1:1: nothing answers")
+    assert err.count("\n") == 1 and not (tmp_path / "sweep").exists()
+    assert time.monotonic() - started < 30  # the spec's 4 trial configs are validated first
+
+
+def test_the_lease_keeps_a_second_runner_out_where_flock_does_nothing(tmp_path: Path, monkeypatch) -> None:
+    """Two runners of one trial at once, on a filesystem whose flock does not lock (a FUSE bucket mount, Lustre
+    without -o flock): the trial runs once."""
+    monkeypatch.setattr(fcntl, "flock", lambda *args: None)
+    runs = tmp_path / "runs.txt"  # one line per run of the trial's stage
+    stage = f"import time; open({str(runs)!r}, 'a').write('run\\n'); time.sleep(1)"
+    monkeypatch.setattr(sweep_trial, "_command", lambda *args: [sys.executable, "-c", stage])
+    spec, run_dir = eval_sweep(tmp_path)
+    results: list[dict] = []
+    runners = [threading.Thread(target=lambda: results.append(sweep_trial.run_trial(spec, spec.trials[0],
+                                                                                  str(run_dir), 1)))
+               for _ in range(2)]
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join()
+    assert [r["status"] for r in results] == [DONE, DONE]
+    assert runs.read_text().splitlines() == ["run"]
+    assert len(read_state(run_dir / spec.trials[0].name)["attempts"]) == 1
+
+
+def test_a_lease_is_broken_only_when_its_owner_is_gone(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sweep_lease, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(sweep_lease, "STALE_S", 0.5)
+    monkeypatch.setattr(sweep_lease, "POLL_S", 0.02)
+    path = tmp_path / ".lease"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "token": "x", "beat": 0}))
+    lease = sweep_lease.Lease(path)
+    assert lease.try_acquire()  # its owner was a process of this host that has exited
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    waiter = sweep_lease.Lease(path)
+    assert not waiter.try_acquire()
+    late = threading.Thread(target=waiter.acquire)
+    late.start()
+    late.join(timeout=1.5)  # three times STALE_S: the holder's heartbeat keeps the lease
+    assert late.is_alive()
+    lease.release()
+    late.join(timeout=5)
+    assert not late.is_alive() and json.loads(path.read_text())["token"] == waiter.token
+    waiter.release()
+    path.write_text(json.dumps({"host": "another-node", "pid": 1, "token": "y", "beat": 7}))  # that node died
+    other = sweep_lease.Lease(path)
+    started = time.monotonic()
+    other.acquire()
+    assert 0.5 <= time.monotonic() - started < 5 and json.loads(path.read_text())["token"] == other.token
+    other.release()
+    assert not path.exists()
+
+
+def test_relative_paths_in_a_spec_are_taken_from_the_spec_file(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "specs"
+    write_record(folder / "found.json", make_record(load_genotype("PDARTS")))
+    (folder / "spec.yaml").write_text(yaml.safe_dump({
+        "kind": "eval", "base": str(ROOT / "experiments" / "eval_digits_smoke.yaml"), "genotype": "found.json",
+        "set": {"data.root": "shared/data"}, "probe": None}))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    spec = load_spec(folder / "spec.yaml")
+    assert spec.genotype == str(folder / "found.json")
+    assert spec.trials[0].overrides[0] == f'data.root="{folder / "shared" / "data"}"'
+
+
+def test_a_relative_genotype_missing_from_the_spec_folder_is_a_one_line_error(tmp_path: Path, monkeypatch,
+                                                                               capsys) -> None:
+    """The genotype exists from the working directory, where a trial does not run, but not from the spec's folder."""
+    write_record(tmp_path / "found.json", make_record(load_genotype("PDARTS")))
+    (tmp_path / "specs").mkdir()
+    spec = tmp_path / "specs" / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"kind": "eval", "base": str(ROOT / "experiments" / "eval_digits_smoke.yaml"),
+                                    "genotype": "found.json"}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sweep, "start_ray", lambda *args: pytest.fail("the spec was accepted"))
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main([str(spec), "--run-dir", str(tmp_path / "sweep")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and str(tmp_path / "specs" / "found.json") in err
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_changed_base_config_in_a_used_sweep_directory_is_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    base = tmp_path / "base.yaml"
+    shutil.copy(BASE, base)
+    spec = write_spec(tmp_path / "spec.yaml", base=str(base))
+    write_record(tmp_path / "sweep" / SWEEP_FILE, load_spec(spec).to_dict())  # the sweep as it was started
+    config = yaml.safe_load(base.read_text())
+    config["optim"] = {**config.get("optim", {}), "lr": 0.5}
+    base.write_text(yaml.safe_dump(config))
+    monkeypatch.setattr(sweep, "start_ray", lambda *args: pytest.fail("the changed base config was accepted"))
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main([str(spec), "--run-dir", str(tmp_path / "sweep")])
+    assert exit_info.value.code == 2
+    assert "base (or probe) config's contents differ" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # and without the spec, from the saved one
+        sweep.main(["--resume", "--run-dir", str(tmp_path / "sweep")])
+    assert exit_info.value.code == 2 and "has changed since the sweep" in capsys.readouterr().err
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_a_stage_dies_with_the_runner_that_holds_its_lease(tmp_path: Path) -> None:
+    """A runner SIGKILLed mid-stage (its Ray worker died) takes its stage with it, and the next runner takes its
+    lease at once: no stage goes on unseen beside a rerun."""
+    spec, run_dir = eval_sweep(tmp_path)
+    pid_file = tmp_path / "stage.pid"
+    stage = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    runner = (f"import sys; from nas.sweep import trial as sweep_trial; from nas.sweep.results import load_sweep; "
+              f"sweep_trial._command = lambda *args: [sys.executable, '-c', {stage!r}]; "
+              f"spec = load_sweep(__import__('pathlib').Path({str(run_dir)!r})); "
+              f"sweep_trial.run_trial(spec, spec.trials[0], {str(run_dir)!r}, 1)")
+    worker = subprocess.Popen([sys.executable, "-c", runner], cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 60
+    while not (pid_file.is_file() and pid_file.read_text()):
+        assert worker.poll() is None and time.monotonic() < deadline, "the stage never started"
+        time.sleep(0.05)
+    stage_pid = int(pid_file.read_text())
+    worker.kill()
+    worker.wait()
+    deadline = time.monotonic() + 10
+    while _running(stage_pid):
+        assert time.monotonic() < deadline, "the stage outlived its runner"
+        time.sleep(0.05)
+    lease = sweep_lease.Lease(run_dir / spec.trials[0].name / sweep_trial.LEASE)
+    assert lease.try_acquire()  # its owner is dead: no waiting for the heartbeat to go stale
+    lease.release()

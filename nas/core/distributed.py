@@ -7,6 +7,7 @@ Collectives run on CPU tensors under gloo and on the current CUDA device under n
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -88,12 +89,15 @@ def barrier() -> None:
 def all_mean(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """The mean of each tensor over the ranks, from one all-reduce of their concatenation, on their own devices.
 
-    Every rank receives the same bits (the reduced buffer is computed once per chunk and copied to all ranks).
+    The reduction runs in the widest floating dtype among the tensors (at least float32), so float64 values keep
+    their precision. Every rank receives the same bits (the reduced buffer is computed once per chunk and copied to
+    all ranks).
     """
     n = world().world_size
     if n == 1:
         return list(tensors)
-    flat = torch.cat([t.detach().reshape(-1).to(_comm_device(), torch.float32) for t in tensors])
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
+    flat = torch.cat([t.detach().reshape(-1).to(_comm_device(), dtype) for t in tensors])
     tdist.all_reduce(flat)
     flat /= n
     out, start = [], 0
@@ -103,19 +107,27 @@ def all_mean(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-def average_gradients(params: Sequence[nn.Parameter]) -> None:
-    """Replace every parameter's gradient by its mean over the ranks, in one all-reduce.
+def average_gradients(params: Sequence[nn.Parameter], loss: torch.Tensor) -> list[int]:
+    """Replace every parameter's gradient by its mean over the ranks, in one all-reduce; returns the ranks whose
+    `loss` (the one these gradients came from) is not finite, the same list on every rank, so that all of them stop
+    together when one diverges.
 
     A rank that did not run a parameter (an op off its sampled path) contributes zeros; a parameter that no rank
     ran keeps `grad=None`, so SGD leaves it, its momentum and its weight decay alone, as in one process.
     """
-    if world().world_size == 1:
-        return
-    used = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+    info = world()
+    finite = bool(torch.isfinite(loss.detach()).all())
+    if info.world_size == 1:
+        return [] if finite else [0]
+    flags = torch.zeros(len(params) + info.world_size, dtype=torch.float32)
+    flags[:len(params)] = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+    flags[len(params) + info.rank] = 0.0 if finite else 1.0
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    *grads, used = all_mean([*grads, used.to(params[0].device)])
-    for p, grad, anywhere in zip(params, grads, used.tolist()):
+    *grads, flags = all_mean([*grads, flags.to(params[0].device)])
+    flags = flags.tolist()
+    for p, grad, anywhere in zip(params, grads, flags):
         p.grad = grad if anywhere > 0 else None
+    return [rank for rank, bad in enumerate(flags[len(params):]) if bad > 0]
 
 
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:

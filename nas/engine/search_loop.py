@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from search_spaces.registry import space_class
 log = logging.getLogger("nas.engine.search_loop")
 STAGE_SEED_STRIDE = 1000  # stage k's weights and data draw from seed + 1000 * (k + 1), so --stage N repeats a stage
 RANK_SEED_STRIDE = 7_919  # under torchrun, rank r's dropout and augmentation then draw from that seed + 7919 * (r + 1)
+RECORD = "genotype.json"  # the finished search's record in its run directory
 
 
 class TrainingDiverged(RuntimeError):
@@ -148,10 +150,14 @@ class StageRunner:
         self.w_opt.zero_grad(set_to_none=True)
         logits = self.model(x, **forward_kwargs)
         loss = F.cross_entropy(logits, y)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(self.search.where(f"loss became {loss.item()}"))
         loss.backward()
-        average_gradients(self.params)  # under torchrun: the mean over the ranks' shards (and paths)
+        diverged = average_gradients(self.params, loss)  # under torchrun: the mean over the ranks' shards (and paths)
+        if diverged:  # every rank stops at this step, before the weights move
+            local, ranks = loss.item(), self.search.dist.world_size
+            what = f"loss became {local}" if not math.isfinite(local) else "loss became non-finite"
+            if ranks > 1:
+                what += f" on rank {', '.join(map(str, diverged))} of {ranks}"
+            raise TrainingDiverged(self.search.where(what))
         if self.cfg.optim.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
         self.w_opt.step()
@@ -263,15 +269,13 @@ class Search:
                                           batch_size=eval_batch // self.dist.world_size)
         self.space = space_class(cfg.space).from_config(cfg.space_sections, data)
         self.data = data
-        self.only_stage = only_stage
+        self.only_stage, self.resume = only_stage, resume
         self.stage_state: dict[str, Any] | None = None
         self.progress = Progress(kept_ops=self.space.initial_kept_ops())
         if resume:
             self._restore(load_checkpoint(run_dir, "search"))
         elif only_stage is not None and only_stage > 0:
             self._load_previous_stage(only_stage)
-        self.monitor = Monitor(run_dir / "tb", purge_step=self.progress.global_step if resume else None,
-                               enabled=self.dist.is_main)
 
     # ----- persistence -----
     def _restore(self, state: dict[str, Any]) -> None:
@@ -410,15 +414,23 @@ class Search:
             self.monitor.image("stage{s}/cell/{cell}", image, self.progress.global_step, s=stage + 1, cell=cell)
 
     def run(self) -> dict[str, Any] | None:
-        """Run the remaining stages; returns the final record (None after a single non-final --stage)."""
+        """Run the remaining stages, writing TensorBoard events (the run directory must exist); returns the final record
+        (None after a single non-final --stage)."""
         self._started = time.time()
         stop = self.cfg.num_stages if self.only_stage is None else self.only_stage + 1
-        while self.progress.stage < stop:
-            runner = StageRunner(self, self.progress.stage, self.stage_state)
-            self.stage_state = None
-            summary = runner.run()
-            self._finish_stage(runner, summary)
-        self.monitor.close()
+        self.monitor = Monitor(self.run_dir / "tb", purge_step=self.progress.global_step if self.resume else None,
+                               enabled=self.dist.is_main)
+        try:
+            while self.progress.stage < stop:
+                runner = StageRunner(self, self.progress.stage, self.stage_state)
+                self.stage_state = None
+                summary = runner.run()
+                self._finish_stage(runner, summary)
+        except TrainingDiverged as err:
+            self.monitor.text("stage{s}/diverged", str(err), self.progress.global_step, s=self.progress.stage + 1)
+            raise
+        finally:  # the buffered events, the divergence's own among them, reach the event file whatever happens
+            self.monitor.close()
         if self.progress.stage < self.cfg.num_stages:
             return None
         return self._final_record()
@@ -442,6 +454,6 @@ class Search:
                      "flops_M": round(self.space.flops_millions(arch), 3)})
         record["genotype_str"] = picked["genotype"]
         if self.dist.is_main:
-            write_record(self.run_dir / "genotype.json", record)
+            write_record(self.run_dir / RECORD, record)
             write_report(self.run_dir, figures=self.cfg.run.draw)
         return record

@@ -50,6 +50,8 @@ SAMPLE_TAGS: dict[str, str] = {
 }
 ENGINE_TEXT_TAGS: dict[str, str] = {
     "stage{s}/genotype": "the architecture derived at the end of the stage",
+    "stage{s}/diverged": "why the search stopped: the non-finite loss or logits, where, and the command that reruns "
+                         "the stage with a lower lr",
 }
 IMAGE_TAGS: dict[str, str] = {
     "stage{s}/cell/{cell}": "graphviz drawing of the stage's derived normal and reduce cells",
@@ -78,6 +80,10 @@ def _plugin_tags() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     return scalars, texts, writers
 
 
+# Engine tags that only some searches write, and which ones (the others: every search).
+ENGINE_TAG_WRITERS: dict[str, str] = {"stage{s}/diverged": "a search that diverges"}
+
+
 def tag_kinds() -> dict[str, dict[str, str]]:
     """Every documented tag template by kind (scalar, text, image), with those of every registered space and
     controller; read from the registries on each call, so a plugin registered after import is included."""
@@ -95,6 +101,8 @@ def tag_writer(template: str) -> str:
     """Who writes a tag: `every search`, or the plugin that declares it (`the reinforce controller`)."""
     if template in SAMPLE_TAGS:
         return "searches whose controller scores samples"
+    if template in ENGINE_TAG_WRITERS:
+        return ENGINE_TAG_WRITERS[template]
     return _plugin_tags()[2].get(template, "every search")
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -23,12 +24,13 @@ from typing import Any, Sequence
 from nas.core.errors import OneLineParser, UserError, exit_on_user_error
 from nas.core.records import write_record
 from nas.sweep.results import SWEEP_FILE, load_sweep, trial_row, write_sweep_report
-from nas.sweep.spec import Spec, load_spec
-from nas.sweep.trial import DONE, FAILED, read_state, run_trial
+from nas.sweep.spec import Spec, configs_digest, load_spec
+from nas.sweep.trial import DONE, FAILED, INTERRUPTED, failure, read_state, record_failure, run_trial
 
 INSTALL_HINT = "nas-sweep runs its trials with Ray, which is not installed; install it with: pip install -e '.[sweep]'"
 # Keys of the saved spec that fix what the trials are; the rest (resources) may change between runs.
-IDENTITY = ("base", "kind", "genotype", "probe", "trials")
+IDENTITY = ("base", "kind", "genotype", "probe", "trials", "config_sha256")
+CONNECT_TIMEOUT_S = 10.0  # for a --ray HOST:PORT to answer before Ray is asked to join it
 
 
 def import_ray() -> ModuleType:
@@ -65,14 +67,19 @@ def prepare(args: argparse.Namespace) -> tuple[Spec, Path]:
     if args.resume and not saved.is_file():
         raise UserError(f"--resume: {sweep_dir} holds no {SWEEP_FILE}; start the sweep without --resume")
     if args.spec is None:
-        return load_sweep(sweep_dir), sweep_dir
+        spec = load_sweep(sweep_dir)
+        if spec.config_sha256 and spec.config_sha256 != configs_digest(spec.base, spec.probe):
+            raise UserError(f"{spec.base} (or the probe config) has changed since the sweep in {sweep_dir} started; "
+                            "restore it, or start a new sweep in another --run-dir")
+        return spec, sweep_dir
     spec = load_spec(args.spec)
     if saved.is_file():
         old = json.loads(saved.read_text(encoding="utf-8"))
         new = spec.to_dict()
-        changed = next((k for k in IDENTITY if old.get(k) != new[k]), None)
+        changed = next((k for k in IDENTITY if old.get(k, new[k]) != new[k]), None)  # a key older sweeps lack: skip
         if changed is not None:
-            raise UserError(f"{sweep_dir} holds a different sweep (its {changed} differs from {args.spec}'s); rerun "
+            what = "base (or probe) config's contents differ" if changed == "config_sha256" else f"{changed} differs"
+            raise UserError(f"{sweep_dir} holds a different sweep (its {what} from {args.spec}'s); rerun "
                             "with the spec it was started with, or choose another --run-dir")
     return spec, sweep_dir
 
@@ -102,22 +109,70 @@ def plan(cpus: float, gpus: float, parallel: int | None, resources: dict[str, fl
     return Plan(n, num_cpus, num_gpus)
 
 
+def check_reachable(address: str) -> None:
+    """Refuse a `HOST:PORT` or `ray://HOST:PORT` address where nothing answers (Ray itself retries for long)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # `auto`, or a form Ray checks itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise UserError(f"--ray {address}: nothing answers at {host}:{port} ({err.strerror or err}); start the "
+                        "cluster (ray start --head) or give its address") from None
+
+
 def start_ray(ray: ModuleType, address: str | None) -> tuple[float, float]:
-    """Connect to the cluster at `address`, or start Ray on this machine; returns its (CPUs, GPUs)."""
+    """Connect to the cluster at `address`, or start a new Ray on this machine (never one found through
+    RAY_ADDRESS or Ray's current-cluster file); returns its (CPUs, GPUs). A failure is a one-line UserError."""
     quiet = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
     if address:
-        ray.init(address=address, **quiet)
-    else:  # Ray finds the GPUs itself
-        ray.init(num_cpus=len(os.sched_getaffinity(0)), **quiet)
+        check_reachable(address)
+    try:
+        if address:
+            ray.init(address=address, **quiet)
+        else:  # Ray finds the GPUs itself
+            ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), **quiet)
+    except Exception as err:  # Ray raises ConnectionError, ValueError, RuntimeError, TimeoutError, ...
+        where = f"join the Ray cluster at {address}" if address else "start Ray on this machine"
+        raise UserError(f"could not {where}: {failure(err, '')['reason']}") from None
     total = ray.cluster_resources()
     return float(total.get("CPU", 0)), float(total.get("GPU", 0))
 
 
 def _describe(spec: Spec, sweep_dir: Path, index: int) -> str:
-    row = trial_row(spec, sweep_dir, index)
+    try:
+        row = trial_row(spec, sweep_dir, index)
+    except Exception as err:  # as in report(): a line of output is not worth stopping trials
+        return f"{spec.trials[index].name}: finished; its records are not readable ({failure(err, '')['reason']})"
     shown = [f"{key} {row[key]:.3g}" for key in ("params_M", "argmax_acc", "top1", "wall_s")
              if isinstance(row[key], (int, float))]
-    return f"{row['trial']}: {row['status']}" + (f" ({', '.join(shown)})" if shown else "")
+    reason = f": {row['reason']}" if row["status"] != DONE and row["reason"] else ""
+    return f"{row['trial']}: {row['status']}{reason}" + (f" ({', '.join(shown)})" if shown else "")
+
+
+def report(sweep_dir: Path) -> Path | None:
+    """Rewrite the sweep's table, plot and HParams; a failure is a one-line warning (the trials go on)."""
+    try:
+        return write_sweep_report(sweep_dir)
+    except Exception as err:  # a full disk, a concurrent nas-report, a bad record: never worth stopping trials
+        print(f"warning: the sweep report was not written: {failure(err, '')['reason']}", file=sys.stderr, flush=True)
+        return None
+
+
+def task_failed(ray: ModuleType, sweep_dir: Path, spec: Spec, index: int, err: Exception) -> None:
+    """Record and print a trial whose Ray task failed outside its runner: it raised (failed, with the message and
+    traceback tail), or its worker died (interrupted: a rerun resumes it)."""
+    trial = spec.trials[index]
+    raised = isinstance(err, ray.exceptions.RayTaskError)
+    cause = (getattr(err, "cause", None) or err) if raised else f"its Ray worker died ({type(err).__name__})"
+    details = failure(cause, str(err))
+    status = FAILED if raised else INTERRUPTED
+    try:
+        recorded = record_failure(sweep_dir, trial, status, details)
+    except OSError:  # the trial's folder cannot be written (what may have failed the task): say so, go on
+        recorded = False
+    print(f"{trial.name}: {status}: {details['reason']}" + ("" if recorded else " (not recorded in its trial.json)"),
+          flush=True)
 
 
 def run_sweep(ray: ModuleType, spec: Spec, sweep_dir: Path, trial_plan: Plan) -> int:
@@ -137,13 +192,13 @@ def run_sweep(ray: ModuleType, spec: Spec, sweep_dir: Path, trial_plan: Plan) ->
         index = running.pop(ready[0])
         try:
             ray.get(ready[0])
-        except ray.exceptions.RayError as err:  # the trial's worker died; its trial.json says how far it got
-            print(f"{spec.trials[index].name}: its Ray worker failed ({type(err).__name__}); rerun to resume it")
-        write_sweep_report(sweep_dir)
+        except ray.exceptions.RayError as err:
+            task_failed(ray, sweep_dir, spec, index, err)
+        report(sweep_dir)
         print(_describe(spec, sweep_dir, index), flush=True)
-    report = write_sweep_report(sweep_dir)
+    table = report(sweep_dir)
     states = [read_state(sweep_dir / t.name)["status"] for t in spec.trials]
-    print(f"{states.count(DONE)}/{len(states)} trials done in {time.time() - started:.0f} s; table {report}; "
+    print(f"{states.count(DONE)}/{len(states)} trials done in {time.time() - started:.0f} s; table {table}; "
           f"tensorboard --logdir {sweep_dir}")
     return 0 if states.count(DONE) == len(states) else 1
 
@@ -154,12 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse_args(argv)
         ray = import_ray()
         spec, sweep_dir = prepare(args)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_record(sweep_dir / SWEEP_FILE, spec.to_dict())
         cpus, gpus = start_ray(ray, args.ray)
         try:
             trial_plan = plan(cpus, gpus, args.parallel, spec.resources)
-            write_sweep_report(sweep_dir)
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            write_record(sweep_dir / SWEEP_FILE, spec.to_dict())
+            report(sweep_dir)
             return run_sweep(ray, spec, sweep_dir, trial_plan)
         finally:
             ray.shutdown()

@@ -2,16 +2,23 @@
 `sweep.md` (with a plot of parameters against accuracy coloured by a varied key) and TensorBoard HParams
 summaries (`SWEEP_DIR/<trial>/hparams/`), so `tensorboard --logdir SWEEP_DIR` compares the trials.
 
-Everything is rebuilt from the trials' folders, so the driver, a rerun and `nas-report SWEEP_DIR` agree.
+Everything is rebuilt from the trials' folders, so the driver, a rerun and `nas-report SWEEP_DIR` agree, and each
+file is written whole (a temporary file or folder per process, then a rename), so they may run at the same time.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
+import os
+import secrets
 import shutil
+import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 from matplotlib.figure import Figure
@@ -27,6 +34,7 @@ SWEEP_FILE = "sweep.json"  # the expanded spec, written when the sweep starts
 TABLE_CSV, TABLE_MD = "sweep.csv", "sweep.md"
 HPARAMS = "hparams"
 PLOT = "sweep_params_acc.png"
+STALE_TMP_S = 3600  # a temporary HParams folder this old was left by a killed writer
 GENOTYPE_COLUMN = "genotype_str"  # the found (or trained) genotype; an eval sweep may vary a key named `genotype`
 # Result columns after the varied keys and the seed: (column, markdown header, number format).
 METRICS: tuple[tuple[str, str, str], ...] = (
@@ -70,8 +78,9 @@ def trial_row(spec: Spec, sweep_dir: Path, index: int) -> dict[str, Any]:
     """One trial's varied values, seed, status and results (None where there is none yet)."""
     trial = spec.trials[index]
     trial_dir = sweep_dir / trial.name
+    state = read_state(trial_dir)
     row: dict[str, Any] = {"trial": trial.name, **{k: trial.params.get(k) for k in spec.varied}, "seed": trial.seed,
-                           "status": read_state(trial_dir)["status"], GENOTYPE_COLUMN: None,
+                           "status": state["status"], "reason": state.get("reason"), GENOTYPE_COLUMN: None,
                            **{m: None for m, _, _ in METRICS}}
     wall = 0.0
     for stage in stage_names(spec):
@@ -89,11 +98,24 @@ def _cell(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else "" if value is None else str(value)
 
 
+def write_whole(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Call `write(temporary path)`, then move the file to `path` in one step (readers see the old or the new)."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}{path.suffix}")  # keeps the format
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(list(rows[0]))
-        writer.writerows([[_cell(v) for v in row.values()] for row in rows])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(list(rows[0]))
+    writer.writerows([[_cell(v) for v in row.values()] for row in rows])
+    write_whole(path, lambda tmp: tmp.write_text(text.getvalue(), encoding="utf-8", newline=""))
 
 
 def _plot_metric(rows: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -124,7 +146,7 @@ def plot(spec: Spec, rows: list[dict[str, Any]], path: Path) -> Path | None:
     ax.set_ylabel(label)
     ax.legend(fontsize=8)
     ax.set_title(f"{Path(spec.path).stem}: {len(rows)} trials", fontsize=10)
-    return save_figure(fig, path)
+    return write_whole(path, lambda tmp: save_figure(fig, tmp))
 
 
 def markdown(spec: Spec, rows: list[dict[str, Any]], figure: Path | None, sweep_dir: Path) -> str:
@@ -138,6 +160,10 @@ def markdown(spec: Spec, rows: list[dict[str, Any]], figure: Path | None, sweep_
         lines.append(table_row([r["trial"], *(_cell(r[k]) for k in spec.varied), r["seed"], r["status"], *numbers]))
     if figure is not None:
         lines += ["", f"![parameters against accuracy]({figure.relative_to(sweep_dir).as_posix()})"]
+    failed = [r for r in rows if r["status"] != DONE and r["reason"]]
+    if failed:
+        lines += ["", "Not finished:", ""]
+        lines += [f"- {r['trial']} ({r['status']}): {r['reason']}" for r in failed]
     lines += ["", "Genotypes:", ""]
     lines += [f"- {r['trial']}: `{r[GENOTYPE_COLUMN]}`" for r in rows if r[GENOTYPE_COLUMN] is not None]
     return "\n".join(lines) + "\n"
@@ -159,11 +185,20 @@ def write_hparams(spec: Spec, row: dict[str, Any], trial_dir: Path) -> Path:
     domains["seed"] = list(spec.seeds)
     metrics = {f"sweep/{m}": float(row[m]) for m, _, _ in METRICS if isinstance(row[m], (int, float))
                and math.isfinite(row[m])}
-    tmp = trial_dir / f".{HPARAMS}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with SummaryWriter(log_dir=str(tmp)) as writer:
-        writer.add_hparams(hparams, metrics, hparam_domain_discrete=domains, run_name=".")
-    tmp.rename(target)  # a kill while writing leaves only the temporary folder, rewritten next time
+    for stale in trial_dir.glob(f".{HPARAMS}.*.tmp"):  # left by a killed writer; a live one takes a second
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - stale.stat().st_mtime > STALE_TMP_S:
+                shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=trial_dir, prefix=f".{HPARAMS}.", suffix=".tmp"))  # this writer's own
+    try:
+        with SummaryWriter(log_dir=str(tmp)) as writer:
+            writer.add_hparams(hparams, metrics, hparam_domain_discrete=domains, run_name=".")
+        tmp.rename(target)
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:  # the folder of a writer that lost the race to another (the driver or nas-report)
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -178,6 +213,5 @@ def write_sweep_report(sweep_dir: str | Path) -> Path:
     write_csv(rows, sweep_dir / TABLE_CSV)
     (sweep_dir / FIGURES).mkdir(exist_ok=True)
     figure = plot(spec, rows, sweep_dir / FIGURES / PLOT)
-    report = sweep_dir / TABLE_MD
-    report.write_text(markdown(spec, rows, figure, sweep_dir), encoding="utf-8")
-    return report
+    text = markdown(spec, rows, figure, sweep_dir)
+    return write_whole(sweep_dir / TABLE_MD, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -1,7 +1,7 @@
 """A sweep spec (YAML) and the trials it expands to: a grid and random draws over dotted config keys, times seeds.
 
     base: quick_digits_reinforce.yaml   # a search config (kind: search) or an eval config (kind: eval),
-    kind: search                        #   relative to this file
+    kind: search                        #   relative to this file (as are genotype, data.root, reward.latency_table)
     genotype: PDARTS                    # eval sweeps: what to train (a grid or random key `genotype` varies it)
     set: {run.draw: false}              # fixed `--set` values of every trial
     grid: {reward.alpha: [[0.0, 0.0, 0.0], [-0.5, -0.5, -0.5]]}   # every combination
@@ -18,6 +18,7 @@ before any trial starts.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -36,6 +37,7 @@ DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 RESOURCE_KEYS = ("num_cpus", "num_gpus")
 OWNED_KEYS = ("run.seed",)  # the sweep sets these itself
 GENOTYPE_KEY = "genotype"  # an eval sweep may vary the genotype it trains
+PATH_KEYS = (GENOTYPE_KEY, "data.root", "reward.latency_table")  # relative values are relative to the spec file
 NAME_LIMIT = 80
 
 
@@ -76,6 +78,7 @@ class Spec:
     probe: Probe | None
     resources: dict[str, float]
     trials: list[Trial] = field(default_factory=list)
+    config_sha256: str = ""  # of the base (and probe) config's contents; "" in sweeps saved before it existed
 
     @property
     def varied(self) -> list[str]:
@@ -84,6 +87,21 @@ class Spec:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def trial_genotype(self, trial: Trial) -> str:
+        """What an eval trial trains: its varied `genotype` or the spec's, a relative path taken from the spec file."""
+        return str(resolve_path(Path(self.path).parent, GENOTYPE_KEY, trial.params.get(GENOTYPE_KEY, self.genotype)))
+
+
+def resolve_path(spec_dir: Path, key: str, value: Any) -> Any:
+    """`value` of a PATH_KEYS key with a relative path made absolute against `spec_dir`; anything else unchanged
+    (other keys, non-strings, `~` paths, and genotypes that are not a `.json` path or a path with a `/`: shipped
+    names and `Genotype(...)` strings)."""
+    if key not in PATH_KEYS or not isinstance(value, str) or not value or Path(value).expanduser().is_absolute():
+        return value
+    if key == GENOTYPE_KEY and ("(" in value or not (value.endswith(".json") or "/" in value)):
+        return value
+    return str((spec_dir / value).resolve())
 
 
 def assignment(key: str, value: Any) -> str:
@@ -197,8 +215,10 @@ def trial_name(index: int, params: dict[str, Any], seed: int) -> str:
     return f"{index:03d}-{body}"[:NAME_LIMIT]
 
 
-def expand(fixed: list[str], grid: dict[str, list[Any]], rand: dict[str, Any], seeds: list[int]) -> list[Trial]:
-    """Trials: for each random draw, each grid point (row-major in the spec's key order), each seed."""
+def expand(fixed: list[str], grid: dict[str, list[Any]], rand: dict[str, Any], seeds: list[int],
+           spec_dir: Path) -> list[Trial]:
+    """Trials: for each random draw, each grid point (row-major in the spec's key order), each seed. Trial names
+    and params keep the values as written; the overrides take relative PATH_KEYS values from `spec_dir`."""
     rng = random.Random(rand.get("seed", 0))
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     trials: list[Trial] = []
@@ -207,7 +227,7 @@ def expand(fixed: list[str], grid: dict[str, list[Any]], rand: dict[str, Any], s
             params = {**point, **{key: _draw(rng, dist) for key, dist in rand.get("keys", {}).items()}}
             for seed in seeds:
                 index = len(trials)
-                varied = [assignment(k, v) for k, v in params.items() if k != GENOTYPE_KEY]
+                varied = [assignment(k, resolve_path(spec_dir, k, v)) for k, v in params.items() if k != GENOTYPE_KEY]
                 trials.append(Trial(index, trial_name(index, params, seed), params, seed,
                                     [*fixed, *varied, assignment("run.seed", seed)]))
     return trials
@@ -242,7 +262,8 @@ def _probe(spec_path: Path, raw: Any, kind: str) -> Probe | None:
         raise _fail(spec_path, f"unknown key probe.{unknown[0]}; valid keys: config, set")
     if kind != "search":
         raise _fail(spec_path, "probe chains a training after a search; an eval sweep has none")
-    overrides = [assignment(k, v) for k, v in _mapping(spec_path, section.get("set"), "probe.set").items()]
+    overrides = [assignment(k, resolve_path(spec_path.parent, k, v))
+                 for k, v in _mapping(spec_path, section.get("set"), "probe.set").items()]
     return Probe(_relative(spec_path, section.get("config"), "probe.config"), overrides)
 
 
@@ -260,7 +281,7 @@ def _validate_trials(spec: Spec) -> None:
                     raise UserError(f"probe trains {EVAL_SPACE.name} genotypes, but the search space is {cfg.space!r}")
             else:
                 load_config(EvalConfig, spec.base, trial.overrides)
-                load_genotype(str(trial.params.get(GENOTYPE_KEY, spec.genotype)))
+                load_genotype(spec.trial_genotype(trial))
         except UserError as err:
             raise _fail(Path(spec.path), f"trial {trial.name}: {err}") from None
     if spec.probe is not None:
@@ -268,6 +289,12 @@ def _validate_trials(spec: Spec) -> None:
             load_config(EvalConfig, spec.probe.config, spec.probe.overrides)
         except UserError as err:
             raise _fail(Path(spec.path), f"probe: {err}") from None
+
+
+def configs_digest(base: str, probe: Probe | None) -> str:
+    """A digest of what the base (and probe) config says: its parsed YAML, so comments and layout do not count."""
+    trees = [read_yaml(base), read_yaml(probe.config) if probe is not None else None]
+    return hashlib.sha256(json.dumps(trees, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def spec_from_dict(data: dict[str, Any]) -> Spec:
@@ -299,12 +326,13 @@ def load_spec(path: str | Path) -> Spec:
     if kind == "eval" and (genotype is None) == (not varies_genotype):
         raise _fail(spec_path, "an eval sweep names its genotype: `genotype: NAME`, or a grid/random key `genotype`, "
                                "not both")
-    fixed = [assignment(k, v) for k, v in fixed_map.items()]
+    fixed = [assignment(k, resolve_path(spec_path.parent, k, v)) for k, v in fixed_map.items()]
     seeds = _seeds(spec_path, tree.get("seeds"))
-    spec = Spec(path=str(spec_path), base=_relative(spec_path, tree.get("base"), "base"), kind=kind,
-                genotype=genotype, fixed=fixed, grid=grid, random=rand, seeds=seeds,
-                probe=_probe(spec_path, tree.get("probe"), kind),
-                resources=_resources(spec_path, tree.get("resources")),
-                trials=expand(fixed, grid, rand, seeds))
+    base = _relative(spec_path, tree.get("base"), "base")
+    probe = _probe(spec_path, tree.get("probe"), kind)
+    spec = Spec(path=str(spec_path), base=base, kind=kind,
+                genotype=resolve_path(spec_path.parent, GENOTYPE_KEY, genotype), fixed=fixed, grid=grid, random=rand,
+                seeds=seeds, probe=probe, resources=_resources(spec_path, tree.get("resources")),
+                trials=expand(fixed, grid, rand, seeds, spec_path.parent), config_sha256=configs_digest(base, probe))
     _validate_trials(spec)
     return spec
