@@ -40,6 +40,7 @@ from nas.arch_types import KeptOps
 from nas.device import resolve_device
 from nas.errors import OneLineParser, UserError, exit_on_user_error
 from nas.genotype import write_record
+from search_spaces.base import SearchSpace
 from search_spaces.registry import space_class
 
 FORMAT = "pdarts-nas latency table"
@@ -58,8 +59,8 @@ class LatencyTable:
     settings: dict[str, Any]  # method, space, scale (C, layers, size, ...), ops, batch, warmup, repeats
     entries: dict[str, float]
 
-    def check_search(self, space: Any, kept_ops: KeptOps, path: str | os.PathLike) -> None:
-        """UserError unless the table was built for this search space (a SearchSpace), at its eval scale, with an
+    def check_search(self, space: SearchSpace, kept_ops: KeptOps, path: str | os.PathLike) -> None:
+        """UserError unless the table was built for this search space, at its eval scale, with an
         entry for every part an architecture of `kept_ops` can have. The device may be any: it is the target."""
         if self.settings.get("space") != space.name:
             raise UserError(f"{path} was built for the {self.settings.get('space')} space, not for the search's "

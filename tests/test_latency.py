@@ -25,7 +25,7 @@ EVAL_SCALE = {"C": 4, "layers": 3, "size": 8, "in_channels": 1, "num_classes": 1
 SCALE_SET = ["model.eval_C=4", "model.eval_layers=3"]
 TINY_RL = [*TINY_SEARCH, "reinforce.samples_per_update=2", "reinforce.last_n=8"]
 FOREIGN = "cpu: Some Phone CPU x1 threads"
-FEWER_STEPS = ["data.limit=400", "stages.epochs=[1,1,1]", "stages.warmup_epochs=[0,0,0]"]
+FEWER_STEPS = ["data.limit=200", "stages.epochs=[1,1,1]", "stages.warmup_epochs=[0,0,0]"]
 
 
 @pytest.fixture(autouse=True)
