@@ -9,9 +9,12 @@ fixed parts: stem, preprocessing, node sums, head; `SearchSpace.latency_parts`),
 is the sum of its parts' entries (`SearchSpace.latency_ms`); a search reads the table from
 `reward.latency_table: PATH`.
 
-A table records the device it was measured on (`cpu: <model name>` or `cuda: <GPU name>`, with the CPU threads),
-and is refused on any other device. Built tables are cached under `$PDARTS_NAS_CACHE/latency/` (default
-`~/.cache/pdarts-nas/latency/`) by device and settings, so a second `build` with the same settings is a copy.
+A table records the device it was measured on (`cpu: <model name> x<threads> threads` or `cuda: <GPU name>`): the
+target whose latency a search optimises, which need not be the machine the search runs on (a search accepts a table
+of any device, and refuses one of another space, eval scale or op set). `check` measures networks here, so it
+refuses a table of another device. Built tables are cached under `$PDARTS_NAS_CACHE/latency/` (default
+`~/.cache/pdarts-nas/latency/`) by device, settings and timing method (`METHOD`), so a second `build` with the same
+settings is a copy, and a table timed by an older method is measured again.
 Exit codes: 0 done, 2 bad input (one `error: ...` line on stderr).
 """
 from __future__ import annotations
@@ -33,12 +36,18 @@ import torch
 from scipy import stats
 from torch import nn
 
+from nas.arch_types import KeptOps
 from nas.device import resolve_device
 from nas.errors import OneLineParser, UserError, exit_on_user_error
 from nas.genotype import write_record
+from search_spaces.base import SearchSpace
 from search_spaces.registry import space_class
 
 FORMAT = "pdarts-nas latency table"
+# The timing method, part of every table's settings and cache key: bump it whenever time_module, the parts or the
+# clock change what a table's numbers mean. 3: one cold-cache run (8 MB written before each), the thread's CPU time
+# on one CPU thread, median of the repeats.
+METHOD = 3
 FLUSH_BYTES = 8 << 20  # written before every timed run on a CPU: more than the L2 caches of common CPUs
 
 
@@ -47,16 +56,26 @@ class LatencyTable:
     """Median milliseconds per part key, with the device and the settings they were measured at."""
 
     device: str
-    settings: dict[str, Any]  # space, scale (C, layers, size, ...), ops, batch, threads, warmup, repeats
+    settings: dict[str, Any]  # method, space, scale (C, layers, size, ...), ops, batch, warmup, repeats
     entries: dict[str, float]
 
-    def check_scale(self, scale: dict[str, int], path: str | os.PathLike) -> None:
-        """UserError unless the table was built at this eval scale."""
+    def check_search(self, space: SearchSpace, kept_ops: KeptOps, path: str | os.PathLike) -> None:
+        """UserError unless the table was built for this search space, at its eval scale, with an
+        entry for every part an architecture of `kept_ops` can have. The device may be any: it is the target."""
+        if self.settings.get("space") != space.name:
+            raise UserError(f"{path} was built for the {self.settings.get('space')} space, not for the search's "
+                            f"{space.name} space; build a table with nas-latency build --space {space.name}")
+        scale = space.latency_scale()
         built = self.settings.get("scale", {})
         differ = {k: (built.get(k), v) for k, v in scale.items() if built.get(k) != v}
         if differ:
             what = ", ".join(f"{k} {b} (search: {v})" for k, (b, v) in differ.items())
             raise UserError(f"{path} was built at another eval scale: {what}; build a table at the search's scale")
+        ops = list(dict.fromkeys(op for edges in kept_ops.values() for names in edges for op in names))
+        missing = [op for op in ops if not set(space.latency_parts(scale, [op])) <= self.entries.keys()]
+        if missing:
+            raise UserError(f"{path} has no entries for {', '.join(missing)}, which the search samples; build a "
+                            f"table with every op (nas-latency build --ops {' '.join(ops)})")
 
 
 def device_name(device: torch.device) -> str:
@@ -115,12 +134,14 @@ def build_table(space: str, device: torch.device, scale: dict[str, int], ops: Se
                 warmup: int = 10, repeats: int = 30, use_cache: bool = True) -> LatencyTable:
     """Time every part of the space's eval network at `scale` on `device` (or read the cached table)."""
     space_cls = space_class(space)
-    settings = {"space": space, "scale": dict(scale), "ops": list(ops) if ops else None, "batch": 1,
-                "warmup": warmup, "repeats": repeats}
+    settings = {"method": METHOD, "space": space, "scale": dict(scale), "ops": list(ops) if ops else None,
+                "batch": 1, "warmup": warmup, "repeats": repeats}
     name = device_name(device)
     cached = cache_path(name, settings)
     if use_cache and cached.is_file():
-        return load_table(cached)
+        table = load_table(cached)
+        if (table.device, table.settings) == (name, settings):
+            return table
     parts = space_cls.latency_parts(scale, ops)
     with torch.random.fork_rng(devices=[]):
         entries = {}
@@ -137,7 +158,7 @@ def write_table(path: str | os.PathLike, table: LatencyTable) -> Path:
 
 
 def load_table(path: str | os.PathLike) -> LatencyTable:
-    """Read a table; UserError for an unreadable file, one that is no table, or one measured on another device."""
+    """Read a table, measured on any device; UserError for an unreadable file or one that is no table."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -148,16 +169,20 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
         raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); build the table again") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"{path} is not a latency table written by nas-latency build")
-    table = LatencyTable(data["device"], data["settings"], data["entries"])
+    return LatencyTable(data["device"], data["settings"], data["entries"])
+
+
+def check_measured_here(table: LatencyTable, path: str | os.PathLike) -> None:
+    """UserError unless the table was measured on this device (with these CPU threads): `check` times networks
+    here, and another device's parts do not add up to this one's networks."""
     kind = table.device.split(":", 1)[0]
     if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{path} was measured on {table.device!r}, but this machine has no CUDA device; build a "
-                        "table here (nas-latency build --device cpu)")
+        raise UserError(f"{path} was measured on {table.device!r}, but this machine has no CUDA device; check it on "
+                        "that device, or build a table here (nas-latency build --device cpu)")
     here = device_name(resolve_device(kind))
     if here != table.device:
-        raise UserError(f"{path} was measured on {table.device!r}, not on this device ({here!r}); latency does not "
-                        f"transfer between devices: build a table here with nas-latency build --device {kind}")
-    return table
+        raise UserError(f"{path} was measured on {table.device!r}, not on this device ({here!r}); check it there "
+                        f"(with its threads), or build a table here with nas-latency build --device {kind}")
 
 
 def _threads_settings(device: torch.device, threads: int | None) -> None:
@@ -216,7 +241,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     check.add_argument("--threads", type=int, help="CPU threads (must match the table's)")
     check.add_argument("--repeats", type=int, default=20)
     check.add_argument("--json", action="store_true", help="print every pair as JSON")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    _check_counts(args)
+    return args
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """UserError for the first count out of range: sizes, repeats and threads positive, warm-up runs >= 0, and at
+    least two networks to rank."""
+    names = ("C", "layers", "size", "in_channels", "classes", "repeats", "threads") if args.command == "build" else \
+        ("repeats", "threads")
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.command == "build" and args.warmup < 0:
+        raise UserError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.command == "check" and args.archs < 2:
+        raise UserError(f"--archs must be at least 2 (a rank correlation needs two networks), got {args.archs}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -232,7 +274,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{write_table(args.output, table)}: {len(table.entries)} parts on {table.device}")
             return
         _threads_settings(torch.device("cpu"), args.threads)
-        report = check_table(load_table(args.table), args.archs, args.seed, repeats=args.repeats)
+        table = load_table(args.table)
+        check_measured_here(table, args.table)
+        report = check_table(table, args.archs, args.seed, repeats=args.repeats)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
