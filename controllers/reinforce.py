@@ -216,7 +216,9 @@ class ReinforceController(Controller):
     name = "reinforce"
     config_sections = {"reinforce": ReinforceConfig, "reward": RewardConfig}
     tags = {f"stage{{s}}/reinforce/{key}": meaning for key, meaning in TAGS.items()}
-    text_tags = {"stage{s}/reinforce/best_recent_arch": "the max-reward architecture among the last N samples"}
+    text_tags = {"stage{s}/reinforce/best_recent_arch": "the max-reward architecture among the last N samples",
+                 "stage{s}/reinforce/latency_table": "reward.latency_table and the device whose latency the reward "
+                                                     "charged, which need not be the search's (only with a table)"}
     scores_samples = True
 
     def __init__(self, shapes: dict[str, tuple[int, int]], cfg: ReinforceConfig, stage: int,
@@ -249,6 +251,7 @@ class ReinforceController(Controller):
         self.reward_fn: RewardFn | None = None  # (architecture, accuracy) -> (reward, costs); set by from_config
         self.space: Any = None  # the search space and the kept ops that turn paths into architectures (from_config)
         self.kept_ops: KeptOps = {}
+        self.latency_table: dict[str, str] | None = None  # {"path", "device"} of reward.latency_table (from_config)
 
     @classmethod
     def from_config(cls, ctx: StageContext) -> ReinforceController:
@@ -265,8 +268,9 @@ class ReinforceController(Controller):
         table = reward_cfg.table()
         if table is not None:
             scale = ctx.space.latency_scale()
-            table.check_scale(scale, reward_cfg.latency_table)
+            table.check_search(ctx.space, ctx.kept_ops, reward_cfg.latency_table)
             costs["latency"] = functools.partial(ctx.space.latency_ms, table=table.entries, scale=scale)
+            controller.latency_table = {"path": reward_cfg.latency_table, "device": table.device}
         controller.reward_fn = make_reward_fn(reward_cfg, ctx.stage, costs)
         controller.space, controller.kept_ops = ctx.space, ctx.kept_ops
         return controller
@@ -418,7 +422,8 @@ class ReinforceController(Controller):
         return scalars
 
     def stage_entries(self, space: Any, kept_ops: KeptOps, summary: dict[str, float]) -> dict[str, Any]:
-        """The max-reward architecture among the last samples, and the most/least probable one's accuracy."""
+        """The max-reward architecture among the last samples, the most/least probable one's accuracy, and the
+        latency table with its device (only with reward.latency_table)."""
         best = self.best_recent()
         recent = None if best is None else {
             "ops": {g: [kept_ops[g][e][i] if i >= 0 else None for e, i in enumerate(idx.tolist())]
@@ -426,10 +431,15 @@ class ReinforceController(Controller):
             "reward": best[1], "genotype": space.format_arch(self.path_architecture(space, kept_ops, best[0]))}
         return {"best_recent": recent, "argmax_acc": summary.get("reinforce/argmax_acc"),
                 "argmin_acc": summary.get("reinforce/argmin_acc"),
-                "best_recent_acc": summary.get("reinforce/best_recent_acc")}
+                "best_recent_acc": summary.get("reinforce/best_recent_acc"),
+                **({"latency_table": self.latency_table} if self.latency_table else {})}
 
     def stage_texts(self, entries: dict[str, Any]) -> dict[str, str]:
-        return {"reinforce/best_recent_arch": str(entries["best_recent"])}
+        texts = {"reinforce/best_recent_arch": str(entries["best_recent"])}
+        if "latency_table" in entries:
+            table = entries["latency_table"]
+            texts["reinforce/latency_table"] = f"{table['path']}: latency measured on {table['device']}"
+        return texts
 
     def weight_forward_kwargs(self) -> dict[str, Any]:
         """This rank's path: under torchrun every rank draws the paths of all N ranks from the shared generator (so

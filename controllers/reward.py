@@ -35,7 +35,7 @@ class RewardConfig:
     latency_table: str | None = None
 
     def validate(self, num_stages: int) -> None:
-        """Raise UserError naming the first bad field (the latency table is read and its device checked)."""
+        """Raise UserError naming the first bad field (the latency table is read; a stage checks that it fits)."""
         for name in ("metric", "alpha", "beta", "p_base"):
             values = getattr(self, name)
             if values is not None and len(values) != num_stages:
@@ -58,7 +58,7 @@ class RewardConfig:
             self.table()
 
     def table(self) -> LatencyTable | None:
-        """The latency table (refused when measured on another device), or None without one."""
+        """The latency table, of any device (the target whose latency the reward charges), or None without one."""
         return load_table(self.latency_table) if self.latency_table else None
 
 

@@ -16,7 +16,8 @@ from search_spaces.ops import DARTS_OPS
 
 FIELD_PATTERNS = {"s": r"\d+", "cell": "(?:normal|reduce)", "e": r"\d\d", "op": r"[a-z0-9_]+"}
 STAGES = (1, 2, 3)
-ONLY_WITH_LATENCY_TABLE = {"stage{s}/reinforce/latency_mean"}  # tests/test_objectives_select.py checks it
+ONLY_WITH_LATENCY_TABLE = {"stage{s}/reinforce/latency_mean",  # tests/test_objectives_select.py checks it
+                           "stage{s}/reinforce/latency_table"}  # tests/test_latency.py checks it
 
 
 def written_tags(run_dir: Path) -> dict[str, set[str]]:

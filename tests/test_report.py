@@ -96,3 +96,19 @@ def test_bad_run_directories_are_one_line_user_errors(tmp_path: Path, capsys) ->
     write_record(tmp_path / "genotype.json", {"genotype": {"normal": [], "reduce": []}, "space": "darts"})
     with pytest.raises(UserError, match="no per-stage search results"):
         report.write_report(tmp_path)
+
+
+def test_skip_limit_table_merges_identical_rows(tmp_path: Path) -> None:
+    """Limits that do not bind give one row (`2..8`), the final genotype is named as such, gaps are listed."""
+    final, fewer, none_left = "Genotype(final)", "Genotype(one skip)", "Genotype(no skip)"
+    by_skip = {str(m): final for m in range(8, 1, -1)} | {"1": fewer, "0": none_left}
+    stage = {"stage": 1, "kept_ops": {"normal": [["skip_connect"]]}, "probabilities": {"normal": [[1.0]]},
+             "genotype_str": final, "params_M": 1.0, "genotypes_by_max_skip": by_skip}
+    write_record(tmp_path / "stages" / "stage1.json", {"genotype": {}, "stages": [stage]})
+    text = report.write_report(tmp_path, figures=False).read_text()
+    assert "| 2..8 | the final genotype |" in text and f"| 1 | `{fewer}` |" in text
+    assert f"| 0 | `{none_left}` |" in text and text.count("the final genotype |") == 1
+    by_skip.update({"5": None, "4": None, "0": final})  # a gap (no genotype fits) and a repeat after it
+    write_record(tmp_path / "stages" / "stage1.json", {"genotype": {}, "stages": [stage]})
+    text = report.write_report(tmp_path, figures=False).read_text()
+    assert "| 0, 2..3, 6..8 | the final genotype |" in text and "| 4..5 | - |" in text

@@ -9,9 +9,12 @@ fixed parts: stem, preprocessing, node sums, head; `SearchSpace.latency_parts`),
 is the sum of its parts' entries (`SearchSpace.latency_ms`); a search reads the table from
 `reward.latency_table: PATH`.
 
-A table records the device it was measured on (`cpu: <model name>` or `cuda: <GPU name>`, with the CPU threads),
-and is refused on any other device. Built tables are cached under `$PDARTS_NAS_CACHE/latency/` (default
-`~/.cache/pdarts-nas/latency/`) by device and settings, so a second `build` with the same settings is a copy.
+A table records the device it was measured on (`cpu: <model name> x<threads> threads` or `cuda: <GPU name>`): the
+target whose latency a search optimises, which need not be the machine the search runs on (a search accepts a table
+of any device, and refuses one of another space, eval scale or op set). `check` measures networks here, so it
+refuses a table of another device. Built tables are cached under `$PDARTS_NAS_CACHE/latency/` (default
+`~/.cache/pdarts-nas/latency/`) by device, settings and timing method (`METHOD`), so a second `build` with the same
+settings is a copy, and a table timed by an older method is measured again.
 Exit codes: 0 done, 2 bad input (one `error: ...` line on stderr).
 """
 from __future__ import annotations
@@ -32,10 +35,14 @@ from scipy import stats
 from torch import nn
 
 from nas.core.device import resolve_device
-from nas.core.errors import OneLineParser, exit_on_user_error
+from nas.core.errors import OneLineParser, UserError, exit_on_user_error
 from nas.core.latency_table import LatencyTable, device_name, load_table, write_table
 from search_spaces.registry import space_class
 
+# The timing method, part of every table's settings and cache key: bump it whenever time_module, the parts or the
+# clock change what a table's numbers mean. 3: one cold-cache run (8 MB written before each), the thread's CPU time
+# on one CPU thread, median of the repeats.
+METHOD = 3
 FLUSH_BYTES = 8 << 20  # written before every timed run on a CPU: more than the L2 caches of common CPUs
 
 
@@ -82,12 +89,14 @@ def build_table(space: str, device: torch.device, scale: dict[str, int], ops: Se
                 warmup: int = 10, repeats: int = 30, use_cache: bool = True) -> LatencyTable:
     """Time every part of the space's eval network at `scale` on `device` (or read the cached table)."""
     space_cls = space_class(space)
-    settings = {"space": space, "scale": dict(scale), "ops": list(ops) if ops else None, "batch": 1,
-                "warmup": warmup, "repeats": repeats}
+    settings = {"method": METHOD, "space": space, "scale": dict(scale), "ops": list(ops) if ops else None,
+                "batch": 1, "warmup": warmup, "repeats": repeats}
     name = device_name(device)
     cached = cache_path(name, settings)
     if use_cache and cached.is_file():
-        return load_table(cached)
+        table = load_table(cached)
+        if (table.device, table.settings) == (name, settings):
+            return table
     parts = space_cls.latency_parts(scale, ops)
     with torch.random.fork_rng(devices=[]):
         entries = {}
@@ -97,6 +106,19 @@ def build_table(space: str, device: torch.device, scale: dict[str, int], ops: Se
     table = LatencyTable(name, settings, entries)
     write_table(cached, table)
     return table
+
+
+def check_measured_here(table: LatencyTable, path: str | os.PathLike) -> None:
+    """UserError unless the table was measured on this device (with these CPU threads): `check` times networks
+    here, and another device's parts do not add up to this one's networks."""
+    kind = table.device.split(":", 1)[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{path} was measured on {table.device!r}, but this machine has no CUDA device; check it on "
+                        "that device, or build a table here (nas-latency build --device cpu)")
+    here = device_name(resolve_device(kind))
+    if here != table.device:
+        raise UserError(f"{path} was measured on {table.device!r}, not on this device ({here!r}); check it there "
+                        f"(with its threads), or build a table here with nas-latency build --device {kind}")
 
 
 def _threads_settings(device: torch.device, threads: int | None) -> None:
@@ -155,7 +177,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     check.add_argument("--threads", type=int, help="CPU threads (must match the table's)")
     check.add_argument("--repeats", type=int, default=20)
     check.add_argument("--json", action="store_true", help="print every pair as JSON")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    _check_counts(args)
+    return args
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """UserError for the first count out of range: sizes, repeats and threads positive, warm-up runs >= 0, and at
+    least two networks to rank."""
+    names = ("C", "layers", "size", "in_channels", "classes", "repeats", "threads") if args.command == "build" else \
+        ("repeats", "threads")
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.command == "build" and args.warmup < 0:
+        raise UserError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.command == "check" and args.archs < 2:
+        raise UserError(f"--archs must be at least 2 (a rank correlation needs two networks), got {args.archs}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -171,7 +210,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{write_table(args.output, table)}: {len(table.entries)} parts on {table.device}")
             return
         _threads_settings(torch.device("cpu"), args.threads)
-        report = check_table(load_table(args.table), args.archs, args.seed, repeats=args.repeats)
+        table = load_table(args.table)
+        check_measured_here(table, args.table)
+        report = check_table(table, args.archs, args.seed, repeats=args.repeats)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -1,8 +1,9 @@
 """The latency table format: median milliseconds per part of an eval-scale network, measured on one device.
 
-A table records the device it was measured on (`cpu: <model name> x<threads> threads` or `cuda: <GPU name>`) and
-is refused on any other device. `nas-latency build` (nas/benchmarks/latency.py) measures tables; a search reads
-one from `reward.latency_table: PATH`.
+A table records the device it was measured on (`cpu: <model name> x<threads> threads` or `cuda: <GPU name>`): the
+target whose latency a search optimises, which need not be the machine the search runs on. `nas-latency build`
+(nas/benchmarks/latency.py) measures tables, and its `check` refuses another device's; a search reads one from
+`reward.latency_table: PATH`.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-from nas.core.device import resolve_device
+from nas.core.arch_types import KeptOps
 from nas.core.errors import UserError
 from nas.core.records import write_record
 
@@ -27,16 +28,26 @@ class LatencyTable:
     """Median milliseconds per part key, with the device and the settings they were measured at."""
 
     device: str
-    settings: dict[str, Any]  # space, scale (C, layers, size, ...), ops, batch, threads, warmup, repeats
+    settings: dict[str, Any]  # method, space, scale (C, layers, size, ...), ops, batch, warmup, repeats
     entries: dict[str, float]
 
-    def check_scale(self, scale: dict[str, int], path: str | os.PathLike) -> None:
-        """UserError unless the table was built at this eval scale."""
+    def check_search(self, space: Any, kept_ops: KeptOps, path: str | os.PathLike) -> None:
+        """UserError unless the table was built for this search space (a SearchSpace), at its eval scale, with an
+        entry for every part an architecture of `kept_ops` can have. The device may be any: it is the target."""
+        if self.settings.get("space") != space.name:
+            raise UserError(f"{path} was built for the {self.settings.get('space')} space, not for the search's "
+                            f"{space.name} space; build a table with nas-latency build --space {space.name}")
+        scale = space.latency_scale()
         built = self.settings.get("scale", {})
         differ = {k: (built.get(k), v) for k, v in scale.items() if built.get(k) != v}
         if differ:
             what = ", ".join(f"{k} {b} (search: {v})" for k, (b, v) in differ.items())
             raise UserError(f"{path} was built at another eval scale: {what}; build a table at the search's scale")
+        ops = list(dict.fromkeys(op for edges in kept_ops.values() for names in edges for op in names))
+        missing = [op for op in ops if not set(space.latency_parts(scale, [op])) <= self.entries.keys()]
+        if missing:
+            raise UserError(f"{path} has no entries for {', '.join(missing)}, which the search samples; build a "
+                            f"table with every op (nas-latency build --ops {' '.join(ops)})")
 
 
 def device_name(device: torch.device) -> str:
@@ -57,7 +68,7 @@ def write_table(path: str | os.PathLike, table: LatencyTable) -> Path:
 
 
 def load_table(path: str | os.PathLike) -> LatencyTable:
-    """Read a table; UserError for an unreadable file, one that is no table, or one measured on another device."""
+    """Read a table, measured on any device; UserError for an unreadable file or one that is no table."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -68,13 +79,4 @@ def load_table(path: str | os.PathLike) -> LatencyTable:
         raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); build the table again") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"{path} is not a latency table written by nas-latency build")
-    table = LatencyTable(data["device"], data["settings"], data["entries"])
-    kind = table.device.split(":", 1)[0]
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{path} was measured on {table.device!r}, but this machine has no CUDA device; build a "
-                        "table here (nas-latency build --device cpu)")
-    here = device_name(resolve_device(kind))
-    if here != table.device:
-        raise UserError(f"{path} was measured on {table.device!r}, not on this device ({here!r}); latency does not "
-                        f"transfer between devices: build a table here with nas-latency build --device {kind}")
-    return table
+    return LatencyTable(data["device"], data["settings"], data["entries"])

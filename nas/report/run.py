@@ -199,6 +199,31 @@ def _dominance_table(stage: Stage) -> list[str]:
     return lines
 
 
+def _skip_limit_rows(by_skip: dict[str, str | None], final: str) -> list[str]:
+    """One row per distinct genotype with the limits M that give it (`2..8`), the final genotype named as such."""
+    limits: dict[str | None, list[int]] = {}
+    for m, genotype in by_skip.items():
+        limits.setdefault(genotype, []).append(int(m))
+    rows = []
+    for genotype, ms in limits.items():
+        runs: list[list[int]] = []
+        for m in sorted(ms):
+            if runs and m == runs[-1][-1] + 1:
+                runs[-1].append(m)
+            else:
+                runs.append([m])
+        shown = "-" if genotype is None else "the final genotype" if genotype == final else f"`{genotype}`"
+        rows.append(table_row([", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}..{r[-1]}" for r in runs), shown]))
+    return rows
+
+
+def _latency_lines(stages: list[Stage]) -> list[str]:
+    """Which table, measured on which device, the latency costs came from (runs with reward.latency_table)."""
+    tables = list(dict.fromkeys((t["path"], t["device"]) for s in stages if (t := s.get("latency_table"))))
+    return ["", *(f"Latency (`reward.latency_table`): `{path}`, measured on {device}." for path, device in tables)] \
+        if tables else []
+
+
 def _selection_lines(selection: dict[str, Any]) -> list[str]:
     """Which rule picked the output, and every candidate with its scores."""
     picked = selection["picked"]
@@ -222,13 +247,12 @@ def _markdown(run_dir: Path, stages: list[Stage], record: dict[str, Any] | None,
     shown = (record or {}).get("genotype_str", last["genotype_str"])
     lines = [f"# Search report: {run_dir.name}", "",
              f"{what}, {params_m:.3f}M parameters at eval scale (`metrics.params_M`):", "",
-             f"    {shown}", "", *_stage_table(stages)]
+             f"    {shown}", *_latency_lines(stages), "", *_stage_table(stages)]
     by_skip = last.get("genotypes_by_max_skip")
     if by_skip:
         lines += ["", "The final genotype for every limit M on skip_connects in the normal cell (P-DARTS reports "
-                  "them all; the search used `model.max_skip`):", "",
-                  table_row(["M", "genotype"]), table_row(["---", "---"])]
-        lines += [table_row([m, "-" if g is None else f"`{g}`"]) for m, g in by_skip.items()]
+                  "them all; the search used `model.max_skip`; limits that give the same genotype share a row):",
+                  "", table_row(["M", "genotype"]), table_row(["---", "---"]), *_skip_limit_rows(by_skip, shown)]
     selection = ((record or {}).get("search") or {}).get("selection")
     if selection:
         lines += _selection_lines(selection)
