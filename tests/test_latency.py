@@ -17,7 +17,7 @@ from nas.benchmarks import latency
 from nas.core.errors import UserError
 from nas.core.records import read_record
 from nas.engine import search_loop as nas_search
-from search_spaces.darts import DartsSpace
+from search_spaces.darts.space import DartsSpace
 from search_spaces.ops import DARTS_OPS
 
 QUICK_RL = str(ROOT / "experiments" / "quick_digits_reinforce.yaml")
