@@ -103,9 +103,12 @@ class ReinforceConfig:
 
     def validate(self, num_stages: int) -> None:
         """Raise UserError naming the first bad field."""
-        if self.importance == "edge":  # the first version's name: with per-edge sampling an edge is a decision
-            self.importance = "decision"
         _choice("sample", self.sample, SAMPLES)
+        if self.importance == "edge":  # the first version's name: with per-edge sampling an edge is a decision
+            if self.sample == "genotype":
+                raise UserError("reinforce.importance=edge (one ratio per edge) belongs to reinforce.sample=edges; a "
+                                "genotype's decisions are input pairs and ops: choose decision or path")
+            self.importance = "decision"
         _choice("behaviour", self.behaviour, tuple(BEHAVIOURS))
         _choice("importance", self.importance, IMPORTANCE)
         _choice("mode", self.mode, MODES)

@@ -42,9 +42,8 @@ ENGINE_TAGS: dict[str, str] = {
 }
 # Written by searches whose controller scores samples (REINFORCE), at every stage's end (nas/selection.py).
 SAMPLE_TAGS: dict[str, str] = {
-    "stage{s}/select/top10_reward": "SBO check: mean reward of the top min(10, search.rescore) distinct sampled "
-                                    "architectures, rescored on the whole architecture half with the stage's final "
-                                    "supernet (search.rescore=0: the top 10 sampled rewards)",
+    "stage{s}/select/top10_reward": "SBO check: mean reward of the top 10 distinct sampled architectures, "
+                                    "rescored on the whole architecture half with the stage's final supernet",
     "stage{s}/select/argmax_reward": "SBO check: reward of the most probable architecture on the whole architecture "
                                      "half; below top10_reward means the policy's mode is not its best find",
 }

@@ -3,8 +3,9 @@
 `search.select` (the engine's `search:` section):
 
 - ``argmax``: the controller's most probable architecture (the default; every controller).
-- ``best_sampled``: the highest-reward architecture among the controller's last samples (REINFORCE:
-  `reinforce.last_n`), the rewards as scored during the search.
+- ``best_sampled``: among the best distinct samples of the controller's last ones (REINFORCE: `reinforce.last_n`)
+  by sampled reward, the one with the highest reward rescored on the whole architecture half (a sampled reward is
+  one batch's: its maximum is biased upwards, the winner's curse).
 - ``vote``: per decision, the majority among the `top_k` distinct highest-reward samples: per node the input pair,
   then per chosen edge the op, among the samples that chose that edge (ties go to the higher-reward sample;
   the normal cell's skip limit holds).
@@ -12,11 +13,11 @@
   (`probe_epochs` epochs at `probe_C` channels and `probe_layers` cells, no auxiliary head, no drop path), on
   the search's training half, and keeps the best validation accuracy on the architecture half.
 
-At every stage's end the `rescore` best distinct samples (by sampled reward) and the argmax architecture are
-rescored with the stage's final supernet on the whole architecture half: the SBO check compares the mean reward of
-the top min(10, rescore) with the argmax architecture's reward (as the seed did: samples better than the argmax
-mean the policy has not converged on its best find); with `rescore: 0` it takes the top 10 sampled rewards (each
-scored on one validation batch) and costs one evaluation per stage.
+At every stage's end the max(10, `rescore`) best distinct samples (by sampled reward) and the argmax architecture
+are rescored with the stage's final supernet on the whole architecture half: the SBO check compares the mean
+rescored reward of the top 10 with the argmax architecture's reward on the same data (as the seed did: samples
+better than the argmax mean the policy has not converged on its best find). Sampled rewards never enter the
+comparison: the best of many one-batch rewards would beat the argmax's whole-half reward by noise alone.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class SelectConfig:
 
     select: str = "argmax"  # argmax | best_sampled | vote | probe
     top_k: int = 10  # candidates of vote and probe
-    rescore: int = 10  # best distinct samples rescored on the whole architecture half at every stage's end (SBO)
+    rescore: int = 10  # best distinct samples rescored on the whole architecture half at every stage's end (>= 10)
     probe_epochs: int = 10
     probe_C: int = 16
     probe_layers: int = 8
@@ -88,11 +89,11 @@ def rescore(arch: Any, controller: Controller, space: Any, kept_ops: KeptOps, ev
 
 def stage_candidates(controller: Controller, space: Any, kept_ops: KeptOps, argmax: Any, evaluate: Evaluate,
                      top_k: int, rescored: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The stage's best distinct samples (the first `rescored` of them rescored) and the rescored argmax
-    architecture; and the SBO check over the top min(10, rescored) rescored samples (rescored = 0: the top 10 by
-    their sampled rewards)."""
+    """The stage's best distinct samples (the first max(10, `rescored`) of them rescored) and the rescored argmax
+    architecture; and the SBO check: the mean rescored reward of the top 10 against the argmax's."""
+    rescored = max(rescored, SBO_TOP)
     candidates = []
-    for i, group in enumerate(distinct_samples(controller, space, kept_ops)[:max(SBO_TOP, top_k, rescored)]):
+    for i, group in enumerate(distinct_samples(controller, space, kept_ops)[:max(top_k, rescored)]):
         rewards = group["rewards"]
         candidates.append({"genotype": group["genotype"], "record": space.arch_to_record(group["arch"]),
                            "sampled_reward_max": round(max(rewards), 6),
@@ -100,10 +101,9 @@ def stage_candidates(controller: Controller, space: Any, kept_ops: KeptOps, argm
                            **(rescore(group["arch"], controller, space, kept_ops, evaluate) if i < rescored else {})})
     argmax_entry = {"genotype": space.format_arch(argmax), "record": space.arch_to_record(argmax),
                     **rescore(argmax, controller, space, kept_ops, evaluate)}
-    key, top = ("val_reward", candidates[:min(SBO_TOP, rescored)]) if rescored else \
-        ("sampled_reward_max", candidates[:SBO_TOP])
-    sbo = {"top10_reward": round(sum(c[key] for c in top) / len(top), 6), "scored_by": key, "samples": len(top),
-           "argmax_reward": argmax_entry["val_reward"]}
+    top = candidates[:SBO_TOP]
+    sbo = {"top10_reward": round(sum(c["val_reward"] for c in top) / len(top), 6), "scored_by": "val_reward",
+           "samples": len(top), "argmax_reward": argmax_entry["val_reward"]}
     return candidates, {"argmax": argmax_entry, "sbo": sbo}
 
 
@@ -172,7 +172,9 @@ def final_choice(entry: dict[str, Any], cfg: SelectConfig, probe: Callable[[dict
     if cfg.select != "argmax" and not candidates:
         source = "argmax (no scored samples in the final stage)"
     elif cfg.select == "best_sampled":
-        picked, source = candidates[0], "sample with the highest sampled reward"
+        rescored = [c for c in candidates if "val_reward" in c]
+        picked = max(rescored, key=lambda c: c["val_reward"])  # ties: the higher sampled reward (listed first)
+        source = f"sample with the highest rescored reward among the top {len(rescored)} by sampled reward"
     elif cfg.select == "vote":
         picked, source = entry["vote"], f"per-decision majority of the top {cfg.top_k} samples"
         selection["vote"] = entry["vote"]
