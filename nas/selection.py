@@ -21,16 +21,19 @@ comparison: the best of many one-batch rewards would beat the argmax's whole-hal
 """
 from __future__ import annotations
 
+import random
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from controllers.base import Controller, Evaluate
 from nas.arch_types import NONE_OP, SKIP_OP, CellLayout, KeptOps, OpIndices
 from nas.checkpoint import seed_everything
+from nas.distributed import gather_objects, world
 from nas.errors import UserError
 
 RULES = ("argmax", "best_sampled", "vote", "probe")
@@ -139,8 +142,8 @@ def vote(paths: Sequence[OpIndices], layouts: dict[str, CellLayout] | None) -> O
 
 def probe_accuracy(space: Any, arch: Any, data: Any, train_set: Dataset, val_set: Dataset, batch_size: int,
                    cfg: SelectConfig, device: torch.device, seed: int) -> float:
-    """Validation top-1 (%) of `arch` trained from scratch for cfg.probe_epochs with the eval trainer's code; the
-    global RNG is left as it was."""
+    """Validation top-1 (%) of `arch` trained from scratch for cfg.probe_epochs with the eval trainer's code, on
+    this process alone; the global RNGs (torch, Python's, NumPy's) are left as they were."""
     from nas.evaluate import DistInfo, EvalConfig, Trainer  # the eval trainer, only when probing
 
     config = EvalConfig()
@@ -149,22 +152,39 @@ def probe_accuracy(space: Any, arch: Any, data: Any, train_set: Dataset, val_set
     generator = torch.Generator()
     train = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
     val = DataLoader(val_set, batch_size=2 * batch_size)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        seed_everything(seed)
-        net = space.eval_network(arch, data, C=cfg.probe_C, layers=cfg.probe_layers, auxiliary=False)
-        trainer = Trainer(config, net, device, DistInfo(0, 1, 0))
-        for epoch in range(cfg.probe_epochs):
-            generator.manual_seed(seed + epoch)
-            trainer.train_epoch(train, epoch, "(probe training keeps no checkpoint)")
-            trainer.scheduler.step()
-        return trainer.evaluate(val, data.num_classes)["top1"]
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            seed_everything(seed)
+            net = space.eval_network(arch, data, C=cfg.probe_C, layers=cfg.probe_layers, auxiliary=False)
+            trainer = Trainer(config, net, device, DistInfo(0, 1, 0))
+            for epoch in range(cfg.probe_epochs):
+                generator.manual_seed(seed + epoch)
+                trainer.train_epoch(train, epoch, "(probe training keeps no checkpoint)")
+                trainer.scheduler.step()
+            return trainer.evaluate(val, data.num_classes)["top1"]
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def probe_pool(pool: Sequence[dict[str, Any]], probe: Callable[[dict[str, Any]], float]) -> list[float]:
+    """probe() of every candidate, each run once: under torchrun candidate i on rank i mod N, the results gathered,
+    so every rank returns the same list without repeating another rank's training."""
+    dist = world()
+    mine = {i: probe(candidate) for i, candidate in enumerate(pool) if i % dist.world_size == dist.rank}
+    results: dict[int, float] = {}
+    for part in gather_objects(mine):
+        results.update(part)
+    return [results[i] for i in range(len(pool))]
 
 
 def final_choice(entry: dict[str, Any], cfg: SelectConfig, probe: Callable[[dict[str, Any]], float]
                  ) -> dict[str, Any]:
     """The selection record of the final stage's entry under cfg.select: every candidate with its scores, the
     argmax, and `picked` (the output: its genotype, record and the rule that picked it). `probe` trains a
-    candidate (given its entry) and returns its validation accuracy."""
+    candidate (given its entry) and returns its validation accuracy; under torchrun the ranks split the candidates
+    (:func:`probe_pool`) and pick alike."""
     argmax = entry.get("argmax_rescored") or {"genotype": entry["genotype_str"], "record": entry["genotype"]}
     candidates = entry.get("candidates", [])
     selection: dict[str, Any] = {"rule": cfg.select, "top_k": cfg.top_k, "argmax": argmax, "candidates": candidates}
@@ -180,8 +200,8 @@ def final_choice(entry: dict[str, Any], cfg: SelectConfig, probe: Callable[[dict
         selection["vote"] = entry["vote"]
     elif cfg.select == "probe":
         pool = [argmax, *candidates[:cfg.top_k]]
-        for candidate in pool:
-            candidate["probe_acc"] = round(probe(candidate), 3)
+        for candidate, acc in zip(pool, probe_pool(pool, probe)):
+            candidate["probe_acc"] = round(acc, 3)
         best = max(range(len(pool)), key=lambda i: (pool[i]["probe_acc"], -i))
         picked = pool[best]
         source = "argmax" if best == 0 else f"sample {best} (of the top {cfg.top_k} by sampled reward)"

@@ -6,7 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import random
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, TINY_SEARCH
@@ -15,9 +20,12 @@ from test_monitor import written_tags
 import search
 from nas import latency
 from nas.arch_types import CellLayout
+from nas.data import load_dataset
 from nas.errors import UserError
-from nas.genotype import read_record
-from nas.selection import SBO_TOP, SelectConfig, final_choice, stage_candidates, vote
+from nas.genotype import load_genotype, read_record
+from nas.selection import SBO_TOP, SelectConfig, final_choice, probe_accuracy, stage_candidates, vote
+from search_spaces.darts import DartsSpace
+from search_spaces.ops import DARTS_OPS
 
 QUICK_RL = str(ROOT / "experiments" / "quick_digits_reinforce.yaml")
 TINY_RL = [*TINY_SEARCH, "reinforce.samples_per_update=2", "reinforce.last_n=12", "search.rescore=4"]
@@ -223,3 +231,54 @@ def test_sbo_and_best_sampled_use_rescored_rewards_not_the_noisy_sampled_maximum
     entry = {"candidates": candidates, "argmax_rescored": check["argmax"]}
     picked = final_choice(entry, SelectConfig(select="best_sampled", rescore=rescore), lambda c: 0.0)["picked"]
     assert picked["genotype"] == ("good" if rescore >= 12 else "s0")  # 'good' (12th) is rescored only if asked
+
+
+def test_probe_leaves_every_global_rng_as_it_was() -> None:
+    """torch, Python's random and NumPy continue exactly as if no probe had trained in between."""
+    data = load_dataset("digits")
+    part = torch.utils.data.Subset(data.dataset, range(64))
+    space = DartsSpace(C=4, num_classes=10, in_channels=1, normal_ops=list(DARTS_OPS), reduce_ops=list(DARTS_OPS))
+    cfg = SelectConfig(probe_epochs=1, probe_C=4, probe_layers=3)
+    draws = []
+    for probe in (False, True):
+        torch.manual_seed(5), random.seed(5), np.random.seed(5)
+        if probe:
+            probe_accuracy(space, load_genotype("PDARTS"), data, part, part, 32, cfg, torch.device("cpu"), seed=1)
+        draws.append((torch.rand(3).tolist(), random.random(), np.random.rand(3).tolist()))
+    assert draws[0] == draws[1]
+
+
+PROBE_WORKER = """
+import json, os, sys
+import torch.distributed as tdist
+from nas.selection import SelectConfig, final_choice
+
+tdist.init_process_group("gloo")
+rank, out = tdist.get_rank(), sys.argv[1]
+pool = [{"genotype": f"c{i}", "record": i} for i in range(5)]
+entry = {"argmax_rescored": pool[0], "candidates": pool[1:]}
+
+def probe(candidate):
+    with open(os.path.join(out, f"probed{rank}.txt"), "a") as f:
+        f.write(candidate["genotype"] + "\\n")
+    return {"c0": 50.0, "c1": 40.0, "c2": 70.0, "c3": 60.0, "c4": 10.0}[candidate["genotype"]]
+
+selection = final_choice(entry, SelectConfig(select="probe", top_k=4), probe)
+with open(os.path.join(out, f"picked{rank}.json"), "w") as f:
+    json.dump([selection["picked"]["genotype"], [c["probe_acc"] for c in [selection["argmax"], *pool[1:]]]], f)
+tdist.destroy_process_group()
+"""
+
+
+def test_probe_candidates_are_split_over_torchrun_ranks(tmp_path) -> None:
+    """Two gloo ranks: each candidate trained once in all (not once per rank), and both ranks pick the same one."""
+    (tmp_path / "worker.py").write_text(PROBE_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(tmp_path / "worker.py"), str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    probed = [(tmp_path / f"probed{r}.txt").read_text().split() for r in (0, 1)]
+    assert sorted(probed[0] + probed[1]) == ["c0", "c1", "c2", "c3", "c4"] and probed[0] and probed[1]
+    picks = [json.loads((tmp_path / f"picked{r}.json").read_text()) for r in (0, 1)]
+    assert picks[0] == picks[1] == ["c2", [50.0, 40.0, 70.0, 60.0, 10.0]]
