@@ -31,7 +31,8 @@ ENGINE_TAGS: dict[str, str] = {
                         "mixture, REINFORCE and GDAS: the most probable architecture)",
     "stage{s}/lr/weights": "learning rate of the weight optimizer (cosine per stage)",
     "stage{s}/lr/arch": "learning rate of the architecture optimizer",
-    "stage{s}/arch/entropy": "mean entropy of the per-edge op distributions (nats); ln(ops) is undecided, "
+    "stage{s}/arch/entropy": "mean entropy of the per-edge op distributions (nats; REINFORCE genotypes: the policy's "
+                             "op entropy per chosen edge); ln(ops) is undecided, "
                              "a fast fall to 0 is an early commitment",
     "stage{s}/{cell}/dominance/share/{op}": "share of the cell's edges whose most probable op is {op}; one op near 1 "
                                             "is rich-get-richer (the log warns at 0.8)",
