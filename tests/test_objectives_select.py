@@ -90,9 +90,9 @@ def test_hard_budget_with_probe(tmp_path, table_path) -> None:
     argmax and the top-k candidates and outputs the best validation accuracy."""
     bases = [1.0, 0.06, 1.2]
     record = _search(tmp_path / "hard", *SCALE_SET, "reward.metric=[latency,params,flops]", "reward.mode=hard",
-                     "reward.beta=[-2.0,-2.0,-2.0]", f"reward.p_base={bases}", f"reward.latency_table={table_path}",
-                     "search.select=probe", "search.top_k=2", "search.probe_epochs=1", "search.probe_C=4",
-                     "search.probe_layers=3")
+                     "reward.alpha=[0,0,0]", "reward.beta=[-2.0,-2.0,-2.0]", f"reward.p_base={bases}",
+                     f"reward.latency_table={table_path}", "search.select=probe", "search.top_k=2",
+                     "search.probe_epochs=1", "search.probe_C=4", "search.probe_layers=3")
     _check_stage_rewards(record, ["latency", "params", "flops"], "hard", 0.0, -2.0, bases)
     selection = record["search"]["selection"]
     pool = [selection["argmax"], *selection["candidates"][:2]]
