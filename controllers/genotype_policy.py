@@ -272,7 +272,7 @@ class GenotypePolicy:
                 moves = (pp * (1 - qa) * (1 - qb0), pp * ((1 - qa) * qb0 + qa * (1 - qb1)), pp * qa * qb1)
                 for extra, mass in enumerate(moves):
                     to = skips if cell.layout.max_skip is None else skips + extra
-                    if cell.budget(to) >= 0:
+                    if cell.budget(to) >= cell.need[node + 1]:  # the masks never lead anywhere else
                         nxt[to] = nxt.get(to, zero) + p_s * mass.sum()
             state = nxt
         return torch.stack(parts)

@@ -256,6 +256,10 @@ def test_sampler_keeps_the_skips_that_later_nodes_are_forced_to_take() -> None:
     controller = _controller("uniform", layouts=layout)
     for path in controller.sample(100) + [controller.mode_path(), controller.least_likely_path()]:
         assert path["normal"].tolist()[:2] == [1, 1] and (path["normal"][2:] == 1).sum() == 2
+    pairs = controller._cpu_pairs()["normal"]  # every decision is forced but node 1's pair: H(pi) is its entropy
+    log_p = pairs[1:].log_softmax(0)
+    assert controller.cells.entropy(controller._cpu_logits(), {"normal": pairs}).sum().item() == \
+        pytest.approx(-(log_p.exp() * log_p).sum().item(), abs=1e-6)
 
 
 def test_a_skip_limit_no_genotype_fits_is_refused() -> None:
