@@ -6,14 +6,17 @@ Per cell type and node i, in node order, the policy takes three decisions:
    logit per pair (the per-node input logits);
 2. for each chosen input, lower index first, one op among the kept ops of that edge: a softmax over the edge's
    op logits (the same logits the gradient controller and op dropping use) with `none` masked out, and
-   `skip_connect` masked out once the cell holds `max_skip` skips.
+   `skip_connect` masked out once a further skip would leave too few for the skips still forced (an edge whose
+   only non-none op is skip_connect forces one) within `max_skip`.
 
 A categorical over pairs rather than two draws without replacement: its probability, entropy and mode are
 exact in closed form, and the value of a pair need not factor into two per-input strengths (the inputs of a
-node interact). Masking skips while sampling is part of the policy, so every sample respects `max_skip`, and
-pi(genotype) is the product of the masked conditionals along the decisions. Each genotype is one decision
-sequence, so the most probable genotype is the most probable sequence, found exactly by dynamic programming
-over the skips used so far (:meth:`GenotypePolicy.mode`).
+node interact). Masking skips while sampling is part of the policy, so every sample respects `max_skip` and no
+draw reaches a node with no allowed choice (a cell whose forced skips exceed `max_skip` is refused when the
+policy is built), and pi(genotype) is the product of the masked conditionals along the decisions. Each genotype
+is one decision sequence, so the most probable genotype is the most probable sequence, found exactly by dynamic
+programming over the skips used so far (:meth:`GenotypePolicy.mode`); the same state gives the exact entropy
+(:meth:`GenotypePolicy.entropy`).
 
 A genotype travels as a path: group -> LongTensor[E] holding the kept-op index on the 2 chosen edges of every
 node and -1 on every other edge (off), which the supernet runs as is.
@@ -27,7 +30,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from controllers.sampling import BehaviourPolicy, log_softmax
-from nas.core.arch_types import NONE_OP, SKIP_OP, CellLayout, OpIndices
+from nas.core.arch_types import NONE_OP, SKIP_OP, CellLayout, OpIndices, skips_needed
 from nas.core.errors import UserError
 
 OFF = -1  # path entry of an edge that the genotype does not use
@@ -61,13 +64,19 @@ class _Cell:
             if sum(any(self.usable[e]) for e in edges) < 2:
                 raise UserError(f"{group} node {i} has fewer than two inputs with a non-none kept op; a genotype "
                                 f"needs two (keep a non-none op on every edge)")
+        self.need = skips_needed(layout)  # per node, the skips that node and the later ones are forced to hold
+        if self.budget(self.need[0]) < 0:
+            raise UserError(f"no {group} genotype fits max_skip={layout.max_skip}: its edges whose only non-none op "
+                            f"is skip_connect force at least {self.need[0]} skips; raise model.max_skip or keep "
+                            f"another op on those edges")
 
     def budget(self, skips: int) -> float:
         return math.inf if self.layout.max_skip is None else self.layout.max_skip - skips
 
     def pair_mask(self, node: int, skips: int) -> list[bool]:
-        """Pairs of two usable inputs whose forced skips fit the remaining skip budget, padded with False."""
-        edges, budget = self.layout.node_edges[node], self.budget(skips)
+        """Pairs of two usable inputs whose forced skips, and those of the later nodes, fit the remaining skip
+        budget, padded with False."""
+        edges, budget = self.layout.node_edges[node], self.budget(skips) - self.need[node + 1]
         mask = [any(self.usable[edges[a]]) and any(self.usable[edges[b]])
                 and self.only_skip[edges[a]] + self.only_skip[edges[b]] <= budget for a, b in self.pairs[node]]
         return mask + [False] * (self.max_pairs - len(mask))
@@ -78,6 +87,10 @@ class _Cell:
         if self.skip[edge] is not None and self.budget(skips) - reserved < 1:
             mask[self.skip[edge]] = False
         return mask
+
+    def reserved(self, node: int, later: int | None) -> int:
+        """Skips to keep free when choosing an op of `node`: the later edge's forced one and the later nodes'."""
+        return int(later is not None and self.only_skip[later]) + self.need[node + 1]
 
 
 Chooser = Callable[[tuple, torch.Tensor, list[bool]], int]  # (("pair", node) or ("op", edge), logits, mask) -> index
@@ -118,7 +131,7 @@ class GenotypePolicy:
             if record is not None:
                 record.append(("pair", p, pair_mask))
             for e, later in ((a, b), (b, None)):
-                mask = cell.op_mask(e, skips, int(later is not None and cell.only_skip[later]))
+                mask = cell.op_mask(e, skips, cell.reserved(node, later))
                 k = choose(("op", e), op_logits[e], mask)
                 if record is not None:
                     record.append(("op", e, k, mask))
@@ -207,18 +220,62 @@ class GenotypePolicy:
                 columns.append(log_p.gather(-1, choice[..., None]).squeeze(-1))
         return torch.cat(columns, dim=1)
 
+    def op_decisions(self) -> int:
+        """Op decisions of one genotype: two per node."""
+        return sum(2 * len(cell.pairs) for cell in self.cells.values())
+
     def entropy(self, op_logits: dict[str, torch.Tensor], pair_logits: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Entropy (nats) of every factor: each node's pair categorical and each edge's op softmax over its
-        non-none ops; [factors], differentiable. Their sum is the entropy of the policy without the skip mask."""
-        values = []
-        for group, cell in self.cells.items():
-            for logits, mask in ((torch.stack(self._pair_rows(cell, pair_logits[group])), None),
-                                 (op_logits[group], torch.tensor(cell.usable))):
-                if mask is not None:
-                    logits = logits.masked_fill(~mask, -math.inf)
-                log_p = log_softmax(logits)
-                values.append(-(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(dim=-1))
-        return torch.cat(values)
+        """The policy's entropy (nats), exact with the skip masks and differentiable: [groups, 2], per group the
+        pair decisions' part and the op decisions' part; the sum is H(pi).
+
+        By the chain rule over the decisions: per node, the expected entropy of its pair categorical, plus for each
+        chosen edge the probability that it is chosen times its op entropy under the mask it is chosen with (so
+        with uniform logits and no binding skip limit the DARTS op part is 16 log 7: 16 chosen edges, not 28).
+        """
+        return torch.stack([self._cell_entropy(cell, op_logits[group], pair_logits[group])
+                            for group, cell in self.cells.items()])
+
+    def _cell_entropy(self, cell: _Cell, op_logits: torch.Tensor, pair_logits: torch.Tensor) -> torch.Tensor:
+        """[pair part, op part] of one group's entropy: forward over the nodes with the skips used as the state."""
+        usable = torch.tensor(cell.usable)
+        no_skip = usable.clone()
+        for e, k in enumerate(cell.skip):
+            if k is not None:
+                no_skip[e, k] = False
+        masks = torch.stack([no_skip, usable])  # column 0: skip masked out, 1: skip allowed
+        masks = masks | ~masks.any(dim=-1, keepdim=True)  # a forced skip masked out is never chosen: any finite row
+        log_p = log_softmax(op_logits.expand(2, -1, -1).masked_fill(~masks, -math.inf))
+        h = -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(dim=-1)  # [2, E]
+        skip_index = torch.tensor([0 if k is None else k for k in cell.skip])
+        q = log_p.exp().gather(-1, skip_index.expand(2, -1)[..., None]).squeeze(-1) * torch.tensor(
+            [k is not None for k in cell.skip])  # [2, E]: probability of the skip
+
+        def allowed(edge: int, skips: int, reserved: int) -> int:
+            return int(cell.skip[edge] is None or cell.budget(skips) - reserved >= 1)
+
+        zero = op_logits.new_zeros(())
+        parts, state = [zero, zero], {0: op_logits.new_ones(())}  # skips used -> probability
+        for node, (edges, pair_row) in enumerate(zip(cell.layout.node_edges, self._pair_rows(cell, pair_logits))):
+            nxt: dict[int, torch.Tensor] = {}
+            n_pairs, late = len(cell.pairs[node]), cell.reserved(node, None)
+            a = [edges[ja] for ja, _ in cell.pairs[node]]
+            b = [edges[jb] for _, jb in cell.pairs[node]]
+            for skips, p_s in state.items():
+                lp = log_softmax(pair_row.masked_fill(~torch.tensor(cell.pair_mask(node, skips)), -math.inf))
+                pp = lp.exp()[:n_pairs]
+                parts[0] = parts[0] - p_s * (lp.exp() * lp.nan_to_num(neginf=0.0)).sum()
+                ca = torch.tensor([allowed(x, skips, cell.reserved(node, y)) for x, y in zip(a, b)])
+                c0 = torch.tensor([allowed(y, skips, late) for y in b])
+                c1 = torch.tensor([allowed(y, skips + 1, late) for y in b])
+                qa, qb0, qb1 = q[ca, a], q[c0, b], q[c1, b]
+                parts[1] = parts[1] + p_s * (pp * (h[ca, a] + (1 - qa) * h[c0, b] + qa * h[c1, b])).sum()
+                moves = (pp * (1 - qa) * (1 - qb0), pp * ((1 - qa) * qb0 + qa * (1 - qb1)), pp * qa * qb1)
+                for extra, mass in enumerate(moves):
+                    to = skips if cell.layout.max_skip is None else skips + extra
+                    if cell.budget(to) >= cell.need[node + 1]:  # the masks never lead anywhere else
+                        nxt[to] = nxt.get(to, zero) + p_s * mass.sum()
+            state = nxt
+        return torch.stack(parts)
 
     def op_probs(self, op_logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per edge, the op softmax over non-none ops (`none` gets 0: a genotype never samples it)."""
@@ -228,15 +285,15 @@ class GenotypePolicy:
     # ----- the most (or least) probable genotype -----
     def mode(self, op_logits: dict[str, torch.Tensor], pair_logits: dict[str, torch.Tensor],
              max_skip: int | None = None, least: bool = False) -> OpIndices | None:
-        """The most probable genotype under pi (`least`: the least probable one), exactly, with the normal cell's
-        skip limit replaced by `max_skip` when given; None when no genotype fits that limit."""
+        """The most probable genotype under pi (`least`: the least probable one), exactly. With `max_skip`: the most
+        probable genotype under the same pi whose skip-limited cell (the normal one) holds at most `max_skip` skips
+        (a constrained argmax; above the policy's own limit it is the mode); None when none fits."""
         path = {}
         for group, cell in self.cells.items():
-            if max_skip is not None and cell.layout.max_skip is not None:
-                cell = _Cell(group, cell.layout._replace(max_skip=max_skip))
+            limit = max_skip if cell.layout.max_skip is not None else None
             row = self._mode_row(cell, op_logits[group].detach().double().tolist(),
                                  [r.tolist() for r in self._pair_rows(cell, pair_logits[group].detach().double())],
-                                 -1.0 if least else 1.0)
+                                 -1.0 if least else 1.0, limit)
             if row is None:
                 return None
             path[group] = row
@@ -244,8 +301,8 @@ class GenotypePolicy:
 
     @staticmethod
     def _mode_row(cell: _Cell, op_logits: list[list[float]], pair_rows: list[list[float]],
-                  sign: float) -> torch.Tensor | None:
-        """Dynamic programming over nodes with the number of skips used so far as the state."""
+                  sign: float, limit: int | None = None) -> torch.Tensor | None:
+        """Dynamic programming over nodes with the number of skips used so far as the state (at most `limit`)."""
         best: dict[int, tuple[float, list[tuple[int, int]]]] = {0: (0.0, [])}  # skips -> (score, [(edge, op)])
         for node, edges in enumerate(cell.layout.node_edges):
             nxt: dict[int, tuple[float, list[tuple[int, int]]]] = {}
@@ -255,17 +312,19 @@ class GenotypePolicy:
                     if pair_lp[p] == -math.inf:
                         continue
                     a, b = edges[ja], edges[jb]
-                    lp_a = _log_softmax_list(op_logits[a], cell.op_mask(a, skips, int(cell.only_skip[b])))
+                    lp_a = _log_softmax_list(op_logits[a], cell.op_mask(a, skips, cell.reserved(node, b)))
                     for ka, la in enumerate(lp_a):
                         if la == -math.inf:
                             continue
                         used = skips + (ka == cell.skip[a])
-                        lp_b = _log_softmax_list(op_logits[b], cell.op_mask(b, used, 0))
+                        lp_b = _log_softmax_list(op_logits[b], cell.op_mask(b, used, cell.reserved(node, None)))
                         for kb, lb in enumerate(lp_b):
                             if lb == -math.inf:
                                 continue
                             total = score + sign * (pair_lp[p] + la + lb)
                             state = used + (kb == cell.skip[b])
+                            if limit is not None and state > limit:
+                                continue
                             if state not in nxt or total > nxt[state][0]:
                                 nxt[state] = (total, [*chosen, (a, ka), (b, kb)])
             best = nxt

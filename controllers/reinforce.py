@@ -16,7 +16,8 @@ controllers/sampling.py); the update ascends
     g = mean_i w_i (R_i - b) grad log pi(a_i) + beta * grad H(pi),
 
 with w_i = pi(a_i) / mu(a_i) truncated at c, or self-normalised (w_i = n pi/mu / sum_j pi/mu), b an EMA
-of the rewards and H the sum of the decisions' entropies. Adam takes the step.
+of the rewards and H the entropy of pi (genotypes: exact, each chosen edge's op entropy weighted by the
+probability that the edge is chosen; edges: the sum over edges). Adam takes the step.
 With the ``argmax`` behaviour mu puts mass 1 on the greedy decisions, so they are scored with
 w = pi(a*) / 1, their exact importance weight, and nothing else is ever sampled.
 
@@ -102,9 +103,12 @@ class ReinforceConfig:
 
     def validate(self, num_stages: int) -> None:
         """Raise UserError naming the first bad field."""
-        if self.importance == "edge":  # the first version's name: with per-edge sampling an edge is a decision
-            self.importance = "decision"
         _choice("sample", self.sample, SAMPLES)
+        if self.importance == "edge":  # the first version's name: with per-edge sampling an edge is a decision
+            if self.sample == "genotype":
+                raise UserError("reinforce.importance=edge (one ratio per edge) belongs to reinforce.sample=edges; a "
+                                "genotype's decisions are input pairs and ops: choose decision or path")
+            self.importance = "decision"
         _choice("behaviour", self.behaviour, tuple(BEHAVIOURS))
         _choice("importance", self.importance, IMPORTANCE)
         _choice("mode", self.mode, MODES)
@@ -296,8 +300,8 @@ class ReinforceController(Controller):
 
     def _genotype_gradients(self, paths: Sequence[OpIndices], rewards: torch.Tensor
                             ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Ascent direction per parameter name, importance weights and factor entropies, by autograd through
-        the exact log-probabilities of the sampled decisions."""
+        """Ascent direction per parameter name, importance weights and the policy's entropy per group ([groups,
+        2]: pair and op parts), by autograd through the exact log-probabilities of the sampled decisions."""
         assert self.cells is not None
         ops, pairs = self._cpu_logits(), self._cpu_pairs()
         leaves = {**{f"alphas.{g}": t.clone().requires_grad_() for g, t in ops.items()},
@@ -329,6 +333,7 @@ class ReinforceController(Controller):
             self.baseline = reward_t.mean().item()
         if self.cells is not None:
             ascent, weights, entropy = self._genotype_gradients(paths, reward_t)
+            entropy = entropy[:, 1].sum() / self.cells.op_decisions()  # per chosen edge, as arch/entropy is per edge
         else:
             batch = stack_paths(paths)
             logits = self._cpu_logits()

@@ -49,6 +49,12 @@ class RewardConfig:
             raise UserError(f"reward.alpha values must be <= 0 (a penalty on size), got {self.alpha}")
         if any(not b < 0 for b in self.beta or ()):
             raise UserError(f"reward.beta values must be < 0 (the penalty past the budget), got {self.beta}")
+        if self.mode == "hard" and any(a != 0 for a in self.alpha):
+            raise UserError(f"reward.alpha {self.alpha} is the soft mode's exponent and reward.mode=hard ignores it "
+                            f"(the hard mode's is reward.beta); drop reward.alpha or set reward.mode=soft")
+        if self.mode == "soft" and self.beta is not None:
+            raise UserError(f"reward.beta {self.beta} is the hard mode's exponent and reward.mode=soft ignores it "
+                            f"(the soft mode's is reward.alpha); drop reward.beta or set reward.mode=hard")
         if any(not p > 0 for p in self.p_base):
             raise UserError(f"reward.p_base values must be > 0 (in the metric's unit: M params, M FLOPs, ms), got "
                             f"{self.p_base}")

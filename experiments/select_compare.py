@@ -3,7 +3,7 @@
     python experiments/select_compare.py --out runs/select_compare            # about 10 minutes on 2 CPU cores
 
 One search of experiments/quick_digits_reinforce.yaml with `search.select=probe` records all three picks: the
-argmax genotype, the highest sampled reward (best_sampled: the first candidate) and the probe winner. Each distinct
+argmax genotype, the highest rescored reward (best_sampled's rule) and the probe winner. Each distinct
 winner then trains from scratch with experiments/eval_digits_smoke.yaml (same seed, same epochs), and the table
 gives its test top-1 next to its search-time scores.
 """
@@ -36,7 +36,8 @@ def main() -> None:
                             "--seed", str(args.seed), "--set", "search.select=probe", f"search.top_k={args.top_k}",
                             f"search.probe_epochs={args.probe_epochs}", *args.overrides]) == 0
     selection = read_record(run_dir / "genotype.json")["search"]["selection"]
-    picks = {"argmax": selection["argmax"], "best_sampled": selection["candidates"][0],
+    best = max((c for c in selection["candidates"] if "val_reward" in c), key=lambda c: c["val_reward"])
+    picks = {"argmax": selection["argmax"], "best_sampled": best,
              "probe": next(c for c in [selection["argmax"], *selection["candidates"]]
                            if c["genotype"] == selection["picked"]["genotype"])}
     trained: dict[str, float] = {}

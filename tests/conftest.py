@@ -34,7 +34,7 @@ def disk_full_after_first_save(monkeypatch):
 TINY_SEARCH = [
     "model.C=4", "stages.layers=[3,3,3]", "stages.epochs=[1,1,2]", "stages.warmup_epochs=[0,0,1]",
     "data.batch_size=96", "run.log_every=2", "run.draw=false",
-    "search.rescore=0",  # REINFORCE: the SBO check from sampled rewards, no extra validation passes
+    "search.rescore=0",  # REINFORCE: rescore only the SBO check's top 10 (the minimum)
 ]
 
 

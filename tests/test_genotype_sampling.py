@@ -1,8 +1,12 @@
 """REINFORCE with `sample: genotype`: a sample is a genotype, scored and charged as exactly that genotype.
 
-Exactness on a cell small enough to enumerate (probabilities sum to one, the mode is the argmax, the estimator's
-expectation is the policy gradient), and on the DARTS cell: 200 samples charged the parameters of the genotype
-the record holds, and the accuracy scored is that genotype's path on its own.
+Checked against what the test computes itself, not against the code under test: on a cell small enough to
+enumerate, with edges whose only op is skip_connect (forced skips), the behaviour probabilities mu of every
+behaviour are written out by hand with their masks, the importance weights (truncated, self-normalised) follow
+from them, the sampling frequencies match mu within bounds derived from the sample size, the entropy, the mode
+and the constrained mode equal brute force, and the estimator's expectation under the hand-computed mu is the
+policy gradient. On the DARTS cell: the scored accuracy is that of the path the supernet actually ran, and every
+sample is charged the parameters of the genotype the record holds.
 """
 from __future__ import annotations
 
@@ -15,118 +19,257 @@ import torch
 from torch import nn
 
 from controllers.base import ArchStepContext
+from controllers.genotype_policy import GenotypePolicy
 from controllers.reinforce import ReinforceConfig, ReinforceController
 from controllers.reward import RewardConfig, make_reward_fn
 from controllers.sampling import make_behaviour
 from nas.core.arch_types import CellLayout
 from nas.core.batchnorm import batch_stat_eval
+from nas.core.errors import UserError
 from search_spaces.darts.networks import eval_param_count
 from search_spaces.darts.space import DartsSpace
 from search_spaces.ops import DARTS_OPS
 
-# Node 0 reads edges 0-1, node 1 edges 2-4; every edge keeps none, skip and a conv; at most one skip.
-TINY = {"normal": CellLayout([[0, 1], [2, 3, 4]], [["none", "skip_connect", "conv_3x3"]] * 5, 1)}
-SHAPES = {"normal": (5, 3)}
-SKIP, CONV = 1, 2
+SKIP, CONV, OFF = "skip_connect", "conv_3x3", -1
+# Node 0 reads edges 0-1, node 1 edges 2-4. Edges 1 and 3 can only skip (forced skips), edge 2 only convolve.
+# Op index per edge: edge 0 and 4 (skip 0, conv 1); edge 1 and 3 (none 0, skip 1); edge 2 (none 0, conv 1).
+TINY = {"normal": CellLayout([[0, 1], [2, 3, 4]],
+                             [[SKIP, CONV], ["none", SKIP], ["none", CONV], ["none", SKIP], [SKIP, CONV]], 2)}
+SHAPES = {"normal": (5, 2)}
+PAIRS = [(2, 3), (2, 4), (3, 4)]  # node 1's input pairs, in the policy's order
+EPSILON = 0.3
 
 
-def _controller(behaviour: str = "multinomial", seed: int = 0, **cfg) -> ReinforceController:
-    config = ReinforceConfig(behaviour=behaviour, epsilon=[0.3], **cfg)
-    controller = ReinforceController(SHAPES, config, 0, torch.Generator().manual_seed(seed), layouts=TINY)
+def _controller(behaviour: str = "multinomial", layouts: dict = TINY, seed: int = 0, **cfg) -> ReinforceController:
+    config = ReinforceConfig(behaviour=behaviour, epsilon=[EPSILON], **cfg)
+    controller = ReinforceController(SHAPES, config, 0, torch.Generator().manual_seed(seed), layouts=layouts)
     with torch.no_grad():  # a policy far from uniform, so that the checks below see the logits
         for logits in controller.parameters():
             logits.copy_(torch.randn(logits.shape, generator=torch.Generator().manual_seed(seed + 7)))
     return controller
 
 
-def _all_genotypes() -> list[dict[str, torch.Tensor]]:
-    """Every path with 2 inputs per node, a non-none op on them and at most one skip."""
+def _skips(row: list[int]) -> int:
+    names = TINY["normal"].ops
+    return sum(k != OFF and names[e][k] == SKIP for e, k in enumerate(row))
+
+
+def _all_genotypes(max_skip: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """Every path with 2 inputs per node and a non-none op on each (at most `max_skip` skips)."""
+    usable = [[k for k, name in enumerate(names) if name != "none"] for names in TINY["normal"].ops]
     result = []
-    for pair in itertools.combinations(range(3), 2):
-        for ops in itertools.product((SKIP, CONV), repeat=4):
-            if sum(op == SKIP for op in ops) > 1:
-                continue
-            row = [ops[0], ops[1], -1, -1, -1]
-            row[2 + pair[0]], row[2 + pair[1]] = ops[2], ops[3]
-            result.append({"normal": torch.tensor(row)})
+    for a, b in PAIRS:
+        for ops in itertools.product(usable[0], usable[1], usable[a], usable[b]):
+            row = [ops[0], ops[1], OFF, OFF, OFF]
+            row[a], row[b] = ops[2], ops[3]
+            if max_skip is None or _skips(row) <= max_skip:
+                result.append({"normal": torch.tensor(row)})
     return result
 
 
-def _log_pi(controller: ReinforceController, paths) -> torch.Tensor:
+def _log_pi(controller: ReinforceController, paths, ops=None, pairs=None) -> torch.Tensor:
     cells = controller.cells
-    return cells.decision_log_probs(controller._cpu_logits(), controller._cpu_pairs(),
+    return cells.decision_log_probs(ops or controller._cpu_logits(), pairs or controller._cpu_pairs(),
                                     cells.decisions(paths)).sum(dim=1)
 
 
-def test_probabilities_of_all_genotypes_sum_to_one_and_the_mode_is_the_argmax() -> None:
-    controller = _controller()
-    paths = _all_genotypes()
-    log_pi = _log_pi(controller, paths)
-    assert log_pi.exp().sum().item() == pytest.approx(1.0, abs=1e-6)
-    best, worst = paths[int(log_pi.argmax())], paths[int(log_pi.argmin())]
-    assert torch.equal(controller.mode_path()["normal"], best["normal"])
-    assert torch.equal(controller.least_likely_path()["normal"], worst["normal"])
+# ----- the behaviour probabilities, by hand -----
+def _mu(behaviour: str, logits: list[float], mask: list[bool], choice: int) -> float:
+    """The behaviour probability of `choice` among the options `mask` allows, from the definitions."""
+    options = [k for k, allowed in enumerate(mask) if allowed]
+    if behaviour == "uniform":
+        return 1 / len(options)
+    if behaviour == "multinomial":
+        return math.exp(logits[choice]) / sum(math.exp(logits[k]) for k in options)
+    greedy = max(options, key=lambda k: logits[k])
+    eps = EPSILON if behaviour == "epsilon_greedy" else 0.0
+    return eps / len(options) + (1 - eps) * (choice == greedy)
+
+
+def _pi(logits: list[float], mask: list[bool], choice: int) -> float:
+    return _mu("multinomial", logits, mask, choice)
+
+
+def _hand_decisions(row: list[int]) -> list[tuple[str, int, list[bool], int]]:
+    """(kind, edge or node, mask, choice) of every decision of a TINY path, the masks worked out by hand: at most
+    2 skips; edge 1's skip is forced, so after a skip on edge 0 the budget is spent and node 1 may use neither
+    edge 3 (a forced skip) nor a skip on edge 4."""
+    after_node0 = (row[0] == 0) + 1  # edge 0's op 0 is skip, edge 1 always skips
+    pair = next(i for i, (a, b) in enumerate(PAIRS) if row[a] != OFF and row[b] != OFF)
+    pair_mask = [True, True, True] if after_node0 < 2 else [False, True, False]
+    a, b = PAIRS[pair]
+    first_skip = a == 3  # edge 3 can only skip
+    decisions = [("pair", 0, [True], 0), ("op", 0, [True, True], row[0]), ("op", 1, [False, True], row[1]),
+                 ("pair", 1, pair_mask, pair), ("op", a, [False, True], row[a])]
+    edge4_skip_allowed = after_node0 + first_skip < 2
+    decisions.append(("op", b, [False, True] if b == 3 else [edge4_skip_allowed, True], row[b]))
+    return decisions
+
+
+def _hand_prob(controller: ReinforceController, row: list[int], behaviour: str | None) -> list[float]:
+    """Per decision, mu (or pi with behaviour None) of the path's choice, by hand."""
+    ops, pairs = controller._cpu_logits()["normal"].tolist(), controller._cpu_pairs()["normal"].tolist()
+    pair_logits = [pairs[:1], pairs[1:]]
+    result = []
+    for kind, where, mask, choice in _hand_decisions(row):
+        logits = pair_logits[where] if kind == "pair" else ops[where]
+        result.append(_pi(logits, mask, choice) if behaviour is None else _mu(behaviour, logits, mask, choice))
+    return result
+
+
+@pytest.mark.parametrize("behaviour", ["multinomial", "uniform", "epsilon_greedy", "argmax"])
+def test_behaviour_probabilities_with_forced_skip_masks_match_the_hand_computed_ones(behaviour: str) -> None:
+    controller = _controller(behaviour)
+    paths = _all_genotypes(max_skip=2)
+    cells = controller.cells
+    decisions = cells.decisions(paths)
+    mu = cells.decision_log_probs(controller._cpu_logits(), controller._cpu_pairs(), decisions,
+                                  controller.behaviour).exp()
+    pi = _log_pi(controller, paths).exp()
+    order = [0, 3, 1, 2, 4, 5]  # the code's columns: pairs of every node, then the ops in decision order
+    for i, path in enumerate(paths):
+        row = path["normal"].tolist()
+        want_mu = _hand_prob(controller, row, behaviour)
+        assert mu[i].tolist() == pytest.approx([want_mu[j] for j in order], abs=1e-6)
+        assert pi[i].item() == pytest.approx(math.prod(_hand_prob(controller, row, None)), abs=1e-6)
+        masks = [d[2] for d in _hand_decisions(row)]
+        assert decisions["normal"].pair_mask[i, 1].tolist() == masks[3]
+        assert decisions["normal"].op_mask[i].tolist() == [masks[1], masks[2], masks[4], masks[5]]
+    assert pi.sum().item() == pytest.approx(1.0, abs=1e-6) and len(paths) < len(_all_genotypes())  # masks bind
 
 
 @pytest.mark.parametrize("behaviour", ["multinomial", "uniform", "epsilon_greedy"])
-def test_samples_are_genotypes_drawn_with_the_behaviour_probabilities(behaviour: str) -> None:
+def test_sampling_frequencies_match_the_hand_computed_mu(behaviour: str) -> None:
     controller = _controller(behaviour)
-    paths = _all_genotypes()
-    cells = controller.cells
-    mu = cells.decision_log_probs(controller._cpu_logits(), controller._cpu_pairs(), cells.decisions(paths),
-                                  controller.behaviour).sum(dim=1).exp()
-    assert mu.sum().item() == pytest.approx(1.0, abs=1e-6)
+    paths = _all_genotypes(max_skip=2)
+    mu = [math.prod(_hand_prob(controller, p["normal"].tolist(), behaviour)) for p in paths]
+    assert sum(mu) == pytest.approx(1.0)
     index = {tuple(p["normal"].tolist()): i for i, p in enumerate(paths)}
-    counts = torch.zeros(len(paths))
-    for path in controller.sample(6000):
+    n = 4000
+    counts = [0] * len(paths)
+    for path in controller.sample(n):
         counts[index[tuple(path["normal"].tolist())]] += 1  # a KeyError would be a sample that is no genotype
-    assert (counts / 6000 - mu).abs().max().item() < 0.02
+    for count, m in zip(counts, mu):  # 5 standard errors of a binomial frequency, plus one count of rounding
+        assert abs(count / n - m) <= 5 * math.sqrt(m * (1 - m) / n) + 1 / n
 
 
-def test_argmax_behaviour_samples_the_greedy_decisions_only() -> None:
-    controller = _controller("argmax")
-    assert len({tuple(p["normal"].tolist()) for p in controller.sample(50)}) == 1
+def test_argmax_behaviour_samples_the_greedy_decisions_with_weight_pi() -> None:
+    controller = _controller("argmax", importance="path", truncation=1e9)
+    ops, pairs = controller._cpu_logits()["normal"].tolist(), controller._cpu_pairs()["normal"].tolist()
+    greedy = [0 if ops[0][0] > ops[0][1] else 1, 1, OFF, OFF, OFF]  # edge 1 must skip
+    spent = (greedy[0] == 0) + 1
+    options = [1] if spent == 2 else [0, 1, 2]
+    a, b = PAIRS[max(options, key=lambda i: pairs[1 + i])]
+    greedy[a] = 1  # edges 2 and 3 have a single op
+    greedy[b] = 1 if b != 4 or spent + (a == 3) >= 2 or ops[4][1] > ops[4][0] else 0
+    samples = controller.sample(20)
+    assert all(s["normal"].tolist() == greedy for s in samples)
+    controller.baseline = 0.0
+    _, weights, _ = controller._genotype_gradients(samples[:1], torch.tensor([1.0]))
+    assert weights.item() == pytest.approx(math.prod(_hand_prob(controller, greedy, None)), rel=1e-5)
+
+
+@pytest.mark.parametrize("self_normalize", [False, True])
+def test_decision_weights_are_truncated_or_self_normalised_per_decision(self_normalize: bool) -> None:
+    truncation = 1.5
+    controller = _controller("uniform", truncation=truncation, self_normalize=self_normalize)
+    paths = _all_genotypes(max_skip=2)[:5]
+    ratios = torch.tensor([[p / m for p, m in zip(_hand_prob(controller, path["normal"].tolist(), None),
+                                                   _hand_prob(controller, path["normal"].tolist(), "uniform"))]
+                           for path in paths])
+    ratios = ratios[:, [0, 3, 1, 2, 4, 5]]  # the code's column order
+    want = len(paths) * ratios / ratios.sum(dim=0) if self_normalize else ratios.clamp(max=truncation)
+    controller.baseline = 0.0
+    _, weights, _ = controller._genotype_gradients(paths, torch.linspace(0, 1, len(paths)))
+    torch.testing.assert_close(weights, want.float(), atol=1e-5, rtol=1e-5)
+    assert (ratios > truncation).any()  # the truncation binds somewhere
 
 
 @pytest.mark.parametrize("behaviour", ["uniform", "epsilon_greedy"])
-def test_path_weighted_estimator_is_unbiased_for_the_policy_gradient(behaviour: str) -> None:
-    """E_mu[w (R - b) grad log pi] (untruncated path weights) equals grad E_pi[R], by enumeration."""
+def test_path_weighted_estimator_is_unbiased_under_the_hand_computed_mu(behaviour: str) -> None:
+    """sum_a mu(a) g(a), with mu from the definitions (not the code's), equals grad E_pi[R], by enumeration."""
     controller = _controller(behaviour, importance="path", truncation=1e9, entropy_weight=0.0)
-    paths = _all_genotypes()
+    paths = _all_genotypes(max_skip=2)
     rewards = torch.linspace(0.1, 0.9, len(paths))
     leaves = [t.clone().requires_grad_() for t in (controller._cpu_logits()["normal"],
                                                      controller._cpu_pairs()["normal"])]
-    cells = controller.cells
-    decisions = cells.decisions(paths)
-    log_pi = cells.decision_log_probs({"normal": leaves[0]}, {"normal": leaves[1]}, decisions).sum(dim=1)
+    log_pi = _log_pi(controller, paths, {"normal": leaves[0]}, {"normal": leaves[1]})
     exact = torch.autograd.grad((log_pi.exp() * rewards).sum(), leaves)
-    mu = cells.decision_log_probs(controller._cpu_logits(), controller._cpu_pairs(), decisions,
-                                  controller.behaviour).sum(dim=1).exp()
     controller.baseline = 0.3
     expected = [torch.zeros_like(g) for g in exact]
-    for path, reward, mu_a in zip(paths, rewards, mu):
+    for path, reward in zip(paths, rewards):
+        mu = math.prod(_hand_prob(controller, path["normal"].tolist(), behaviour))
         ascent, _, _ = controller._genotype_gradients([path], reward[None])
-        expected[0] += mu_a * ascent["alphas.normal"]
-        expected[1] += mu_a * ascent["pair_logits.normal"]
+        expected[0] += mu * ascent["alphas.normal"]
+        expected[1] += mu * ascent["pair_logits.normal"]
     for got, want in zip(expected, exact):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("behaviour", ["multinomial", "uniform", "epsilon_greedy"])
-def test_policy_finds_the_best_genotype(behaviour: str) -> None:
-    """Reward: the share of the target's decisions a sample matches, plus noise; the mode becomes the target."""
-    target = {"normal": torch.tensor([CONV, SKIP, CONV, -1, CONV])}
-    controller = ReinforceController(SHAPES, ReinforceConfig(behaviour=behaviour, epsilon=[0.3], lr=0.1), 0,
-                                     torch.Generator().manual_seed(0), layouts=TINY)
-    noise = torch.Generator().manual_seed(1)
-    for _ in range(300):
-        paths = controller.sample(4)
-        rewards = [(p["normal"] == target["normal"]).float().mean().item() + 0.05 * torch.randn(1, generator=noise)
-                   .item() for p in paths]
-        controller.update(paths, rewards)
-    assert torch.equal(controller.mode_path()["normal"], target["normal"])
+# ----- entropy, mode, constrained mode: brute force -----
+def test_entropy_is_the_policys_entropy_by_enumeration_value_and_gradient() -> None:
+    controller = _controller()
+    paths = _all_genotypes(max_skip=2)
+    ops, pairs = (controller._cpu_logits()["normal"].clone().requires_grad_(),
+                  controller._cpu_pairs()["normal"].clone().requires_grad_())
+    log_pi = _log_pi(controller, paths, {"normal": ops}, {"normal": pairs})
+    p = log_pi.exp()
+    brute = -(p * log_pi.nan_to_num(neginf=0.0)).sum()
+    got = controller.cells.entropy({"normal": ops}, {"normal": pairs}).sum()
+    assert got.item() == pytest.approx(brute.item(), abs=1e-5)
+    for a, b in zip(torch.autograd.grad(got, [ops, pairs]), torch.autograd.grad(brute, [ops, pairs])):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_entropy_at_uniform_logits_weights_each_edge_by_its_choice_probability() -> None:
+    """DARTS cells without a binding skip limit: per node log C(n, 2) for the pair, and 16 chosen edges of 7 ops."""
+    space, kept = _darts(max_skip=8)
+    policy = GenotypePolicy(space.cell_layout(kept))
+    entropy = policy.entropy({g: torch.zeros(14, 8) for g in kept},
+                             {g: torch.zeros(n) for g, n in policy.pair_shapes().items()})
+    assert entropy[:, 0].sum().item() == pytest.approx(2 * math.log(3 * 6 * 10), rel=1e-5)
+    assert entropy[:, 1].sum().item() == pytest.approx(16 * math.log(7), rel=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_mode_and_constrained_mode_are_the_argmax_by_enumeration(seed: int) -> None:
+    controller = _controller(seed=seed)
+    with torch.no_grad():
+        controller.alphas["normal"][[0, 4], 0] += 1.0  # lean towards skips, so that the limits bind
+    paths = _all_genotypes(max_skip=2)
+    log_pi = _log_pi(controller, paths)
+    assert torch.equal(controller.mode_path()["normal"], paths[int(log_pi.argmax())]["normal"])
+    assert torch.equal(controller.least_likely_path()["normal"],
+                       paths[int(log_pi.masked_fill(log_pi == -math.inf, math.inf).argmin())]["normal"])
+    for limit in range(5):
+        allowed = log_pi.masked_fill(torch.tensor([_skips(p["normal"].tolist()) > limit for p in paths]), -math.inf)
+        got = controller.mode_path(limit)
+        if allowed.max() == -math.inf:
+            assert got is None
+        else:
+            assert torch.equal(got["normal"], paths[int(allowed.argmax())]["normal"]), limit
+
+
+# ----- forced skips: no dead ends, infeasible limits refused -----
+def test_sampler_keeps_the_skips_that_later_nodes_are_forced_to_take() -> None:
+    """Node 1's inputs can only skip: node 0 must leave both skips of max_skip=2 to it."""
+    layout = {"normal": CellLayout([[0, 1], [2, 3, 4]], [[SKIP, CONV]] * 2 + [["none", SKIP]] * 3, 2)}
+    controller = _controller("uniform", layouts=layout)
+    for path in controller.sample(100) + [controller.mode_path(), controller.least_likely_path()]:
+        assert path["normal"].tolist()[:2] == [1, 1] and (path["normal"][2:] == 1).sum() == 2
+    pairs = controller._cpu_pairs()["normal"]  # every decision is forced but node 1's pair: H(pi) is its entropy
+    log_p = pairs[1:].log_softmax(0)
+    assert controller.cells.entropy(controller._cpu_logits(), {"normal": pairs}).sum().item() == \
+        pytest.approx(-(log_p.exp() * log_p).sum().item(), abs=1e-6)
+
+
+def test_a_skip_limit_no_genotype_fits_is_refused() -> None:
+    layout = {"normal": CellLayout([[0, 1], [2, 3, 4]], [["none", SKIP]] * 5, 3)}
+    with pytest.raises(UserError, match="force at least 4 skips"):
+        GenotypePolicy(layout)
+
+
+# ----- the DARTS cell -----
 def test_genotype_state_round_trip_continues_identically() -> None:
     original = _controller("epsilon_greedy")
     original.update(original.sample(4), [0.1, 0.2, 0.3, 0.4])
@@ -152,7 +295,7 @@ def test_every_sample_is_charged_the_parameters_of_the_genotype_it_outputs(behav
     space, kept = _darts()
     controller = ReinforceController({g: (14, 8) for g in kept}, ReinforceConfig(behaviour=behaviour), 0,
                                      torch.Generator().manual_seed(3), layouts=space.cell_layout(kept))
-    reward_fn = make_reward_fn(RewardConfig(metric=["params"], alpha=[-0.5], beta=[-1.0], p_base=[3.0]), 0,
+    reward_fn = make_reward_fn(RewardConfig(metric=["params"], alpha=[-0.5], p_base=[3.0]), 0,
                                {"params": space.params_millions})
     for path in controller.sample(200):
         genotype = space.path_architecture(path, kept)
@@ -166,46 +309,55 @@ def test_every_sample_is_charged_the_parameters_of_the_genotype_it_outputs(behav
         assert reward == pytest.approx(0.5 * (params_m / 3.0) ** -0.5)
 
 
-def test_the_final_genotype_is_the_mode_and_obeys_every_skip_limit() -> None:
+def test_genotypes_by_skip_limit_never_hold_more_skips_than_the_policy_samples() -> None:
     space, kept = _darts()
     controller = ReinforceController({g: (14, 8) for g in kept}, ReinforceConfig(), 0,
                                      torch.Generator().manual_seed(0), layouts=space.cell_layout(kept))
     with torch.no_grad():
         controller.alphas["normal"][:, DARTS_OPS.index("skip_connect")] += 5.0  # skips everywhere if allowed
-    assert str(controller.architecture(space, kept)) == str(space.path_architecture(controller.mode_path(), kept))
     for limit in space.max_skip_choices():
         genotype = controller.architecture(space, kept, limit)
-        assert sum(op == "skip_connect" for op, _ in genotype.normal) == limit
+        assert sum(op == "skip_connect" for op, _ in genotype.normal) == min(limit, 2)
 
 
-def test_the_accuracy_scored_is_that_of_the_genotype_alone() -> None:
-    """Only the genotype's edges run: its path gives the scored accuracy, and the other edges do not matter."""
+def test_the_accuracy_scored_is_that_of_the_path_the_supernet_ran() -> None:
+    """arch_step runs each sample's path (spied on the model's forward), charges that path's genotype with the
+    accuracy of that run, and keeps that path in the samples it selects from; the other edges do not matter."""
     space, kept = _darts()
     torch.manual_seed(0)
     model = space.build_supernet(kept, layers=3).eval()
     controller = ReinforceController({g: (14, 8) for g in kept}, ReinforceConfig(samples_per_update=3), 0,
                                      torch.Generator().manual_seed(0), layouts=space.cell_layout(kept))
-    scored = []
     x, y = torch.randn(32, 1, 8, 8), torch.randint(10, (32,))
+    ran, forward = [], model.forward
+
+    def spy(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        ran.append((kwargs["path"], (out.argmax(1) == y).float().mean().item()))
+        return out
+
+    model.forward = spy
     ctx = ArchStepContext(model=model, criterion=nn.functional.cross_entropy, train_batch=(x, y), val_batch=(x, y),
                           w_optimizer=torch.optim.SGD(model.parameters(), lr=0.1), lr=0.1, stage=0, step=0)
+    scored = []
     controller.space, controller.kept_ops = space, kept
     controller.reward_fn = lambda arch, acc: scored.append((arch, acc)) or (acc, {"params": 1.0})
     controller.arch_step(ctx)
-    paths = []
-    for arch, acc in scored:
+    model.forward = forward
+    kept_paths = [path for path, _ in controller.scored_samples()]
+    assert len(ran) == len(scored) == len(kept_paths) == 3
+    for (path, acc), (arch, scored_acc), kept_path in zip(ran, scored, kept_paths):
+        assert scored_acc == acc
         alone = space.architecture_path(arch, kept)
-        with batch_stat_eval(model), torch.no_grad():  # as arch_step scores: BatchNorm on the batch's statistics
-            assert (model(x, path=alone).argmax(1) == y).float().mean().item() == acc
-        paths.append(alone)
-    with torch.no_grad():
-        before = model(x, path=paths[0])
+        assert all(torch.equal(path[g], alone[g]) and torch.equal(kept_path[g], alone[g]) for g in path)
+    with torch.no_grad(), batch_stat_eval(model):
+        before = model(x, path=ran[0][0])
         for cell in model.cells:  # scramble every op of every edge the first genotype does not use
             for e in range(14):
-                if paths[0]["reduce" if cell.reduction else "normal"][e] == -1:
+                if ran[0][0]["reduce" if cell.reduction else "normal"][e] == OFF:
                     for p in cell.edges[e].parameters():
                         p.add_(torch.randn_like(p))
-        torch.testing.assert_close(model(x, path=paths[0]), before)
+        torch.testing.assert_close(model(x, path=ran[0][0]), before)
 
 
 def test_probabilities_give_none_zero_so_op_dropping_drops_it_first() -> None:
@@ -215,5 +367,3 @@ def test_probabilities_give_none_zero_so_op_dropping_drops_it_first() -> None:
     assert all((p[:, 0] == 0).all() and torch.allclose(p.sum(-1), torch.ones(14)) for p in probs.values())
     assert make_behaviour("uniform").edge_probs(torch.zeros(1, 3), torch.tensor([[False, True, True]])).tolist() == \
         [[0.0, 0.5, 0.5]]
-    assert math.isclose(sum(controller.cells.entropy(controller._cpu_logits(), controller._cpu_pairs()).tolist()),
-                        2 * (math.log(1) + math.log(3) + math.log(6) + math.log(10)) + 28 * math.log(7), rel_tol=1e-4)

@@ -6,7 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import random
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, TINY_SEARCH
@@ -15,9 +20,13 @@ from test_monitor import written_tags
 import search
 from nas.benchmarks import latency
 from nas.core.arch_types import CellLayout
+from nas.core.data import load_dataset
 from nas.core.errors import UserError
 from nas.core.records import read_record
-from nas.engine.selection import SBO_TOP, vote
+from nas.engine.selection import SBO_TOP, SelectConfig, final_choice, probe_accuracy, stage_candidates, vote
+from search_spaces.darts.genotype import load_genotype
+from search_spaces.darts.space import DartsSpace
+from search_spaces.ops import DARTS_OPS
 
 QUICK_RL = str(ROOT / "experiments" / "quick_digits_reinforce.yaml")
 TINY_RL = [*TINY_SEARCH, "reinforce.samples_per_update=2", "reinforce.last_n=12", "search.rescore=4"]
@@ -52,14 +61,14 @@ def _check_stage_rewards(record: dict, metrics: list[str], mode: str, alpha: flo
             assert {"params", "flops"} <= set(candidate)
             expected = _expected_reward(candidate, metric, mode, alpha, beta, base)
             assert candidate["val_reward"] == pytest.approx(expected, rel=2e-3, abs=1e-5), (metric, candidate)
-        top = stage["candidates"][:min(SBO_TOP, 4)]  # search.rescore=4: the SBO check over the 4 rescored
+        top = stage["candidates"][:SBO_TOP]  # search.rescore=4: still the top 10, all rescored
         assert stage["sbo"]["top10_reward"] == pytest.approx(sum(c["val_reward"] for c in top) / len(top), abs=1e-6)
-        assert all("val_reward" not in c for c in stage["candidates"][4:])
+        assert all("val_reward" in c for c in top) and stage["sbo"]["scored_by"] == "val_reward"
         assert stage["sbo"]["argmax_reward"] == stage["argmax_rescored"]["val_reward"]
 
 
 def test_every_objective_soft_with_best_sampled(tmp_path, table_path) -> None:
-    """Stage 1 params, stage 2 FLOPs, stage 3 latency (soft); best_sampled outputs the top sampled reward."""
+    """Stage 1 params, stage 2 FLOPs, stage 3 latency (soft); best_sampled outputs the top rescored reward."""
     bases = [0.05, 1.0, 0.5]
     record = _search(tmp_path / "soft", *SCALE_SET, "reward.metric=[params,flops,latency]",
                      "reward.alpha=[-0.5,-0.5,-0.5]", f"reward.p_base={bases}", f"reward.latency_table={table_path}",
@@ -67,7 +76,7 @@ def test_every_objective_soft_with_best_sampled(tmp_path, table_path) -> None:
     _check_stage_rewards(record, ["params", "flops", "latency"], "soft", -0.5, -1.0, bases)
     assert all("latency" in c for c in record["search"]["stages"][2]["candidates"][:4])
     selection = record["search"]["selection"]
-    best = max(selection["candidates"], key=lambda c: c["sampled_reward_max"])
+    best = max(selection["candidates"], key=lambda c: c["val_reward"])
     assert selection["picked"]["genotype"] == best["genotype"] == record["genotype_str"]
     assert selection["picked"]["by"] == "best_sampled"
     scalars = written_tags(tmp_path / "soft")["scalar"]
@@ -82,9 +91,9 @@ def test_hard_budget_with_probe(tmp_path, table_path) -> None:
     argmax and the top-k candidates and outputs the best validation accuracy."""
     bases = [1.0, 0.06, 1.2]
     record = _search(tmp_path / "hard", *SCALE_SET, "reward.metric=[latency,params,flops]", "reward.mode=hard",
-                     "reward.beta=[-2.0,-2.0,-2.0]", f"reward.p_base={bases}", f"reward.latency_table={table_path}",
-                     "search.select=probe", "search.top_k=2", "search.probe_epochs=1", "search.probe_C=4",
-                     "search.probe_layers=3")
+                     "reward.alpha=[0,0,0]", "reward.beta=[-2.0,-2.0,-2.0]", f"reward.p_base={bases}",
+                     f"reward.latency_table={table_path}", "search.select=probe", "search.top_k=2",
+                     "search.probe_epochs=1", "search.probe_C=4", "search.probe_layers=3")
     _check_stage_rewards(record, ["latency", "params", "flops"], "hard", 0.0, -2.0, bases)
     selection = record["search"]["selection"]
     pool = [selection["argmax"], *selection["candidates"][:2]]
@@ -121,7 +130,7 @@ def test_forced_dominance_warns_once(tmp_path, caplog) -> None:
     """A high policy lr with a strong size penalty on [max_pool, sep_conv_5x5]: max_pool takes the normal cell."""
     settings = ["stages.layers=[3]", "stages.epochs=[2]", "stages.warmup_epochs=[0]", "stages.keep=[1]",
                 "stages.skip_dropout=[0.0]", "reinforce.epsilon=[0.0]", "reward.alpha=[-4.0]", "reward.p_base=[1.0]",
-                "reward.metric=[params]", "reward.beta=[-1.0]", "reinforce.lr=0.5", "reinforce.behaviour=multinomial",
+                "reward.metric=[params]", "reinforce.lr=0.5", "reinforce.behaviour=multinomial",
                 "reinforce.samples_per_update=32", "model.normal_ops=[none,max_pool_3x3,sep_conv_5x5]",
                 "model.reduce_ops=[none,max_pool_3x3,sep_conv_5x5]"]
     with caplog.at_level(logging.WARNING, logger="nas.engine.search_loop"):
@@ -181,3 +190,95 @@ def test_bad_tables_and_rules_are_refused_before_any_work(tmp_path, capsys) -> N
     gradient = ["-c", str(ROOT / "experiments" / "quick_digits.yaml"), "--run-dir", str(tmp_path / "g"), "--set",
                 "search.select=vote"]
     assert "the gradient controller does not keep" in _refused(capsys, search.main, gradient)
+
+
+class _Scored:
+    """A controller whose samples are architectures named by strings, each with its one-batch sampled reward."""
+
+    def __init__(self, sampled: dict[str, float]):
+        self.sampled = sampled
+
+    def scored_samples(self):
+        return [({"cell": name}, reward) for name, reward in self.sampled.items()]
+
+    def path_architecture(self, space, kept_ops, path):
+        return path["cell"]
+
+    def reward(self, arch, accuracy):
+        return accuracy, {}
+
+
+class _Names:
+    """A space whose architectures are their names."""
+
+    format_arch = arch_to_record = staticmethod(lambda arch: arch)
+    architecture_path = staticmethod(lambda arch, kept_ops: {"cell": arch})
+
+
+@pytest.mark.parametrize("rescore", [0, 4, 12])
+def test_sbo_and_best_sampled_use_rescored_rewards_not_the_noisy_sampled_maximum(rescore) -> None:
+    """12 samples; the luckiest one-batch reward ('lucky', 0.9) is 0.3 on the whole half. Whatever search.rescore,
+    the SBO set is rescored on the argmax's data and best_sampled picks the best rescored sample."""
+    sampled = {"lucky": 0.9, **{f"s{i}": 0.8 - 0.01 * i for i in range(10)}, "good": 0.5}
+    truth = {"lucky": 30.0, "good": 70.0, "argmax": 60.0, **{f"s{i}": 40.0 for i in range(10)}}
+    evaluate = lambda path: (0.0, truth[path["cell"]])  # noqa: E731 (accuracy in %)
+    candidates, check = stage_candidates(_Scored(sampled), _Names(), {}, "argmax", evaluate, top_k=2,
+                                         rescored=rescore)
+    top = candidates[:SBO_TOP]
+    assert all("val_reward" in c for c in top) and check["sbo"]["scored_by"] == "val_reward"
+    assert check["sbo"]["top10_reward"] == pytest.approx(sum(truth[c["genotype"]] / 100 for c in top) / 10)
+    assert check["sbo"]["top10_reward"] < check["sbo"]["argmax_reward"] == 0.6  # no winner's curse: argmax wins
+    entry = {"candidates": candidates, "argmax_rescored": check["argmax"]}
+    picked = final_choice(entry, SelectConfig(select="best_sampled", rescore=rescore), lambda c: 0.0)["picked"]
+    assert picked["genotype"] == ("good" if rescore >= 12 else "s0")  # 'good' (12th) is rescored only if asked
+
+
+def test_probe_leaves_every_global_rng_as_it_was() -> None:
+    """torch, Python's random and NumPy continue exactly as if no probe had trained in between."""
+    data = load_dataset("digits")
+    part = torch.utils.data.Subset(data.dataset, range(64))
+    space = DartsSpace(C=4, num_classes=10, in_channels=1, normal_ops=list(DARTS_OPS), reduce_ops=list(DARTS_OPS))
+    cfg = SelectConfig(probe_epochs=1, probe_C=4, probe_layers=3)
+    draws = []
+    for probe in (False, True):
+        torch.manual_seed(5), random.seed(5), np.random.seed(5)
+        if probe:
+            probe_accuracy(space, load_genotype("PDARTS"), data, part, part, 32, cfg, torch.device("cpu"), seed=1)
+        draws.append((torch.rand(3).tolist(), random.random(), np.random.rand(3).tolist()))
+    assert draws[0] == draws[1]
+
+
+PROBE_WORKER = """
+import json, os, sys
+import torch.distributed as tdist
+from nas.engine.selection import SelectConfig, final_choice
+
+tdist.init_process_group("gloo")
+rank, out = tdist.get_rank(), sys.argv[1]
+pool = [{"genotype": f"c{i}", "record": i} for i in range(5)]
+entry = {"argmax_rescored": pool[0], "candidates": pool[1:]}
+
+def probe(candidate):
+    with open(os.path.join(out, f"probed{rank}.txt"), "a") as f:
+        f.write(candidate["genotype"] + "\\n")
+    return {"c0": 50.0, "c1": 40.0, "c2": 70.0, "c3": 60.0, "c4": 10.0}[candidate["genotype"]]
+
+selection = final_choice(entry, SelectConfig(select="probe", top_k=4), probe)
+with open(os.path.join(out, f"picked{rank}.json"), "w") as f:
+    json.dump([selection["picked"]["genotype"], [c["probe_acc"] for c in [selection["argmax"], *pool[1:]]]], f)
+tdist.destroy_process_group()
+"""
+
+
+def test_probe_candidates_are_split_over_torchrun_ranks(tmp_path) -> None:
+    """Two gloo ranks: each candidate trained once in all (not once per rank), and both ranks pick the same one."""
+    (tmp_path / "worker.py").write_text(PROBE_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(tmp_path / "worker.py"), str(tmp_path)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    probed = [(tmp_path / f"probed{r}.txt").read_text().split() for r in (0, 1)]
+    assert sorted(probed[0] + probed[1]) == ["c0", "c1", "c2", "c3", "c4"] and probed[0] and probed[1]
+    picks = [json.loads((tmp_path / f"picked{r}.json").read_text()) for r in (0, 1)]
+    assert picks[0] == picks[1] == ["c2", [50.0, 40.0, 70.0, 60.0, 10.0]]

@@ -5,7 +5,9 @@ import pytest
 from conftest import ROOT, TINY_SEARCH
 
 import search
+from nas.core.config import load_config
 from nas.core.records import read_record
+from nas.engine.search_config import SearchConfig
 from search_spaces.darts.genotype import genotype_from_dict, validate_genotype
 
 QUICK_RL = str(ROOT / "experiments" / "quick_digits_reinforce.yaml")
@@ -61,3 +63,26 @@ def test_separate_mode_resumed_inside_a_policy_epoch_matches(tmp_path, kill_and_
     assert kill_and_resume(stage_one, tmp_path / "killed", inside_the_first_policy_epoch) == 0
     expected, got = (read_record(tmp_path / run / "stages" / "stage1.json") for run in ("reference", "killed"))
     assert got["stages"] == expected["stages"] and got["global_step"] == expected["global_step"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.normal_ops=[none,skip_connect]"], "no normal cell fits model.max_skip=2"),
+    (["reward.mode=hard"], "reward.alpha [-0.1, -0.1, -0.1] is the soft mode's exponent and reward.mode=hard "
+                           "ignores it"),
+    (["reward.beta=[-1.0,-1.0,-1.0]"], "reward.beta [-1.0, -1.0, -1.0] is the hard mode's exponent and "
+                                       "reward.mode=soft ignores it"),
+    (["reinforce.importance=edge"], "reinforce.importance=edge (one ratio per edge) belongs to reinforce.sample=edges"),
+])
+def test_infeasible_or_ignored_settings_are_refused(overrides, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        search.main(["-c", QUICK_RL, "--run-dir", str(tmp_path / "run"), "--set", *overrides])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "run" / "genotype.json").exists()
+
+
+def test_hard_mode_without_alpha_and_edge_importance_with_edges_are_accepted():
+    cfg = load_config(SearchConfig, QUICK_RL, ["reward.mode=hard", "reward.alpha=[0,0,0]", "reward.beta=[-2,-2,-2]",
+                                               "reinforce.sample=edges", "reinforce.importance=edge"])
+    assert cfg.reinforce.importance == "decision" and cfg.reward.beta == [-2, -2, -2]

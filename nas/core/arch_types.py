@@ -21,3 +21,16 @@ class CellLayout(NamedTuple):
     node_edges: list[list[int]]
     ops: list[list[str]]
     max_skip: int | None
+
+
+def skips_needed(layout: CellLayout) -> list[int]:
+    """Per node i (and one past the last), the fewest skips nodes i.. must hold: an edge whose only non-none op is
+    skip_connect forces a skip when chosen, and each node chooses two edges with a non-none op (dynamic programme
+    from the last node; a node without two such edges counts as needing none, which other checks refuse)."""
+    forced = [[name for name in names if name != NONE_OP] == [SKIP_OP] for names in layout.ops]
+    usable = [any(name != NONE_OP for name in names) for names in layout.ops]
+    need = [0]
+    for edges in reversed(layout.node_edges):
+        costs = sorted(int(forced[e]) for e in edges if usable[e])
+        need.insert(0, need[0] + sum(costs[:2]))
+    return need

@@ -3,8 +3,9 @@
 `search.select` (the engine's `search:` section):
 
 - ``argmax``: the controller's most probable architecture (the default; every controller).
-- ``best_sampled``: the highest-reward architecture among the controller's last samples (REINFORCE:
-  `reinforce.last_n`), the rewards as scored during the search.
+- ``best_sampled``: among the best distinct samples of the controller's last ones (REINFORCE: `reinforce.last_n`)
+  by sampled reward, the one with the highest reward rescored on the whole architecture half (a sampled reward is
+  one batch's: its maximum is biased upwards, the winner's curse).
 - ``vote``: per decision, the majority among the `top_k` distinct highest-reward samples: per node the input pair,
   then per chosen edge the op, among the samples that chose that edge (ties go to the higher-reward sample;
   the normal cell's skip limit holds).
@@ -12,24 +13,27 @@
   (`probe_epochs` epochs at `probe_C` channels and `probe_layers` cells, no auxiliary head, no drop path), on
   the search's training half, and keeps the best validation accuracy on the architecture half.
 
-At every stage's end the `rescore` best distinct samples (by sampled reward) and the argmax architecture are
-rescored with the stage's final supernet on the whole architecture half: the SBO check compares the mean reward of
-the top min(10, rescore) with the argmax architecture's reward (as the seed did: samples better than the argmax
-mean the policy has not converged on its best find); with `rescore: 0` it takes the top 10 sampled rewards (each
-scored on one validation batch) and costs one evaluation per stage.
+At every stage's end the max(10, `rescore`) best distinct samples (by sampled reward) and the argmax architecture
+are rescored with the stage's final supernet on the whole architecture half: the SBO check compares the mean
+rescored reward of the top 10 with the argmax architecture's reward on the same data (as the seed did: samples
+better than the argmax mean the policy has not converged on its best find). Sampled rewards never enter the
+comparison: the best of many one-batch rewards would beat the argmax's whole-half reward by noise alone.
 """
 from __future__ import annotations
 
+import random
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from controllers.base import Controller, Evaluate
 from nas.core.arch_types import NONE_OP, SKIP_OP, CellLayout, KeptOps, OpIndices
 from nas.core.checkpoint import seed_everything
+from nas.core.distributed import gather_objects, world
 from nas.core.errors import UserError
 
 RULES = ("argmax", "best_sampled", "vote", "probe")
@@ -43,7 +47,7 @@ class SelectConfig:
 
     select: str = "argmax"  # argmax | best_sampled | vote | probe
     top_k: int = 10  # candidates of vote and probe
-    rescore: int = 10  # best distinct samples rescored on the whole architecture half at every stage's end (SBO)
+    rescore: int = 10  # best distinct samples rescored on the whole architecture half at every stage's end (>= 10)
     probe_epochs: int = 10
     probe_C: int = 16
     probe_layers: int = 8
@@ -88,11 +92,11 @@ def rescore(arch: Any, controller: Controller, space: Any, kept_ops: KeptOps, ev
 
 def stage_candidates(controller: Controller, space: Any, kept_ops: KeptOps, argmax: Any, evaluate: Evaluate,
                      top_k: int, rescored: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The stage's best distinct samples (the first `rescored` of them rescored) and the rescored argmax
-    architecture; and the SBO check over the top min(10, rescored) rescored samples (rescored = 0: the top 10 by
-    their sampled rewards)."""
+    """The stage's best distinct samples (the first max(10, `rescored`) of them rescored) and the rescored argmax
+    architecture; and the SBO check: the mean rescored reward of the top 10 against the argmax's."""
+    rescored = max(rescored, SBO_TOP)
     candidates = []
-    for i, group in enumerate(distinct_samples(controller, space, kept_ops)[:max(SBO_TOP, top_k, rescored)]):
+    for i, group in enumerate(distinct_samples(controller, space, kept_ops)[:max(top_k, rescored)]):
         rewards = group["rewards"]
         candidates.append({"genotype": group["genotype"], "record": space.arch_to_record(group["arch"]),
                            "sampled_reward_max": round(max(rewards), 6),
@@ -100,10 +104,9 @@ def stage_candidates(controller: Controller, space: Any, kept_ops: KeptOps, argm
                            **(rescore(group["arch"], controller, space, kept_ops, evaluate) if i < rescored else {})})
     argmax_entry = {"genotype": space.format_arch(argmax), "record": space.arch_to_record(argmax),
                     **rescore(argmax, controller, space, kept_ops, evaluate)}
-    key, top = ("val_reward", candidates[:min(SBO_TOP, rescored)]) if rescored else \
-        ("sampled_reward_max", candidates[:SBO_TOP])
-    sbo = {"top10_reward": round(sum(c[key] for c in top) / len(top), 6), "scored_by": key, "samples": len(top),
-           "argmax_reward": argmax_entry["val_reward"]}
+    top = candidates[:SBO_TOP]
+    sbo = {"top10_reward": round(sum(c["val_reward"] for c in top) / len(top), 6), "scored_by": "val_reward",
+           "samples": len(top), "argmax_reward": argmax_entry["val_reward"]}
     return candidates, {"argmax": argmax_entry, "sbo": sbo}
 
 
@@ -139,8 +142,8 @@ def vote(paths: Sequence[OpIndices], layouts: dict[str, CellLayout] | None) -> O
 
 def probe_accuracy(space: Any, arch: Any, data: Any, train_set: Dataset, val_set: Dataset, batch_size: int,
                    cfg: SelectConfig, device: torch.device, seed: int) -> float:
-    """Validation top-1 (%) of `arch` trained from scratch for cfg.probe_epochs with the eval trainer's code; the
-    global RNG is left as it was."""
+    """Validation top-1 (%) of `arch` trained from scratch for cfg.probe_epochs with the eval trainer's code, on
+    this process alone; the global RNGs (torch, Python's, NumPy's) are left as they were."""
     from nas.engine.trainer import DistInfo, EvalConfig, Trainer  # the eval trainer, only when probing
 
     config = EvalConfig()
@@ -149,22 +152,39 @@ def probe_accuracy(space: Any, arch: Any, data: Any, train_set: Dataset, val_set
     generator = torch.Generator()
     train = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
     val = DataLoader(val_set, batch_size=2 * batch_size)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        seed_everything(seed)
-        net = space.eval_network(arch, data, C=cfg.probe_C, layers=cfg.probe_layers, auxiliary=False)
-        trainer = Trainer(config, net, device, DistInfo(0, 1, 0))
-        for epoch in range(cfg.probe_epochs):
-            generator.manual_seed(seed + epoch)
-            trainer.train_epoch(train, epoch, "(probe training keeps no checkpoint)")
-            trainer.scheduler.step()
-        return trainer.evaluate(val, data.num_classes)["top1"]
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            seed_everything(seed)
+            net = space.eval_network(arch, data, C=cfg.probe_C, layers=cfg.probe_layers, auxiliary=False)
+            trainer = Trainer(config, net, device, DistInfo(0, 1, 0))
+            for epoch in range(cfg.probe_epochs):
+                generator.manual_seed(seed + epoch)
+                trainer.train_epoch(train, epoch, "(probe training keeps no checkpoint)")
+                trainer.scheduler.step()
+            return trainer.evaluate(val, data.num_classes)["top1"]
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def probe_pool(pool: Sequence[dict[str, Any]], probe: Callable[[dict[str, Any]], float]) -> list[float]:
+    """probe() of every candidate, each run once: under torchrun candidate i on rank i mod N, the results gathered,
+    so every rank returns the same list without repeating another rank's training."""
+    dist = world()
+    mine = {i: probe(candidate) for i, candidate in enumerate(pool) if i % dist.world_size == dist.rank}
+    results: dict[int, float] = {}
+    for part in gather_objects(mine):
+        results.update(part)
+    return [results[i] for i in range(len(pool))]
 
 
 def final_choice(entry: dict[str, Any], cfg: SelectConfig, probe: Callable[[dict[str, Any]], float]
                  ) -> dict[str, Any]:
     """The selection record of the final stage's entry under cfg.select: every candidate with its scores, the
     argmax, and `picked` (the output: its genotype, record and the rule that picked it). `probe` trains a
-    candidate (given its entry) and returns its validation accuracy."""
+    candidate (given its entry) and returns its validation accuracy; under torchrun the ranks split the candidates
+    (:func:`probe_pool`) and pick alike."""
     argmax = entry.get("argmax_rescored") or {"genotype": entry["genotype_str"], "record": entry["genotype"]}
     candidates = entry.get("candidates", [])
     selection: dict[str, Any] = {"rule": cfg.select, "top_k": cfg.top_k, "argmax": argmax, "candidates": candidates}
@@ -172,14 +192,16 @@ def final_choice(entry: dict[str, Any], cfg: SelectConfig, probe: Callable[[dict
     if cfg.select != "argmax" and not candidates:
         source = "argmax (no scored samples in the final stage)"
     elif cfg.select == "best_sampled":
-        picked, source = candidates[0], "sample with the highest sampled reward"
+        rescored = [c for c in candidates if "val_reward" in c]
+        picked = max(rescored, key=lambda c: c["val_reward"])  # ties: the higher sampled reward (listed first)
+        source = f"sample with the highest rescored reward among the top {len(rescored)} by sampled reward"
     elif cfg.select == "vote":
         picked, source = entry["vote"], f"per-decision majority of the top {cfg.top_k} samples"
         selection["vote"] = entry["vote"]
     elif cfg.select == "probe":
         pool = [argmax, *candidates[:cfg.top_k]]
-        for candidate in pool:
-            candidate["probe_acc"] = round(probe(candidate), 3)
+        for candidate, acc in zip(pool, probe_pool(pool, probe)):
+            candidate["probe_acc"] = round(acc, 3)
         best = max(range(len(pool)), key=lambda i: (pool[i]["probe_acc"], -i))
         picked = pool[best]
         source = "argmax" if best == 0 else f"sample {best} (of the top {cfg.top_k} by sampled reward)"

@@ -31,7 +31,8 @@ ENGINE_TAGS: dict[str, str] = {
                         "mixture, REINFORCE and GDAS: the most probable architecture)",
     "stage{s}/lr/weights": "learning rate of the weight optimizer (cosine per stage)",
     "stage{s}/lr/arch": "learning rate of the architecture optimizer",
-    "stage{s}/arch/entropy": "mean entropy of the per-edge op distributions (nats); ln(ops) is undecided, "
+    "stage{s}/arch/entropy": "mean entropy of the per-edge op distributions (nats; REINFORCE genotypes: the policy's "
+                             "op entropy per chosen edge); ln(ops) is undecided, "
                              "a fast fall to 0 is an early commitment",
     "stage{s}/{cell}/dominance/share/{op}": "share of the cell's edges whose most probable op is {op}; one op near 1 "
                                             "is rich-get-richer (the log warns at 0.8)",
@@ -42,9 +43,8 @@ ENGINE_TAGS: dict[str, str] = {
 }
 # Written by searches whose controller scores samples (REINFORCE), at every stage's end (nas/engine/selection.py).
 SAMPLE_TAGS: dict[str, str] = {
-    "stage{s}/select/top10_reward": "SBO check: mean reward of the top min(10, search.rescore) distinct sampled "
-                                    "architectures, rescored on the whole architecture half with the stage's final "
-                                    "supernet (search.rescore=0: the top 10 sampled rewards)",
+    "stage{s}/select/top10_reward": "SBO check: mean reward of the top 10 distinct sampled architectures, "
+                                    "rescored on the whole architecture half with the stage's final supernet",
     "stage{s}/select/argmax_reward": "SBO check: reward of the most probable architecture on the whole architecture "
                                      "half; below top10_reward means the policy's mode is not its best find",
 }

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas.core.arch_types import CellLayout
+from nas.core.arch_types import CellLayout, skips_needed
 from nas.core.errors import UserError
 from search_spaces.base import DataShape, KeptOps, PartFactory, SearchSpace
 from search_spaces.darts.genotype import Genotype, genotype_from_dict
@@ -128,6 +128,11 @@ class DartsModelConfig:
             raise UserError(f"model.C must be a positive even number (FactorizedReduce halves it), got {self.C}")
         if self.steps <= 0 or not 0 < self.multiplier <= self.steps or self.max_skip < 0:
             raise UserError("model.steps must be positive, 0 < model.multiplier <= model.steps, model.max_skip >= 0")
+        nodes = [list(edges) for edges in node_edges(self.steps)]
+        forced = skips_needed(CellLayout(nodes, [self.normal_ops] * edges_per_cell(self.steps), self.max_skip))[0]
+        if forced > self.max_skip:
+            raise UserError(f"no normal cell fits model.max_skip={self.max_skip}: with normal_ops {self.normal_ops} "
+                            f"every chosen edge is a skip_connect ({forced} per cell); raise model.max_skip or add ops")
 
 
 class DartsSpace(SearchSpace):
