@@ -34,6 +34,7 @@ setup(
             "nas-info=nas.info:main",
             "nas-latency=nas.latency:main",
             "nas-sweep=nas.sweep:main",
+            "nas-proxy=nas.proxy_cli:main",
         ]
     },
 )
