@@ -174,3 +174,35 @@ def test_nas_proxy_scores_a_file_of_architectures_as_json(tmp_path, capsys) -> N
     rows = json.loads(capsys.readouterr().out)
     assert [row["space"] for row in rows] == ["nb201", "nb201"]
     assert rows[0]["scores"]["params"] > rows[1]["scores"]["params"]  # convolutions have weights, skips none
+
+
+def test_an_estimator_reward_drives_reinforce_to_the_planted_best_cell() -> None:
+    from controllers.registry import controller_class
+    from nas.estimators.reward import EstimatorReward
+
+    reinforce = controller_class("reinforce")
+    edges, ops = 3, 4
+    value = torch.randperm(edges * ops, generator=torch.Generator().manual_seed(1)).view(edges, ops) + 1
+    best = tuple(value.argmax(dim=1).tolist())
+
+    def build(arch: tuple[int, ...]) -> nn.Module:  # the planted score: params = sum over edges of value[e, op]
+        return nn.Linear(1, int(sum(value[e, op] for e, op in enumerate(arch))), bias=False)
+
+    reward = EstimatorReward(("params",), build, key=lambda arch: arch)
+    cfg = reinforce.config_sections["reinforce"](sample="edges")
+    controller = reinforce({"cell": (edges, ops)}, cfg, stage=0, generator=torch.Generator().manual_seed(0))
+    batch = tiny_batch()[0]
+    for _ in range(800):
+        paths = controller.sample(cfg.samples_per_update)
+        controller.update(paths, [reward(tuple(p["cell"].tolist()), batch) for p in paths])
+    assert tuple(controller.argmax_path()["cell"].tolist()) == best
+    assert len(reward.scores) < ops ** edges, "every cell was scored: the policy did not narrow the search"
+
+
+def test_reward_estimator_must_name_an_estimator() -> None:
+    from controllers.reward import RewardConfig
+
+    RewardConfig(estimator="ensemble").validate(3)
+    RewardConfig(estimator="synflow").validate(3)
+    with pytest.raises(UserError, match="reward.estimator is 'naswot'"):
+        RewardConfig(estimator="naswot").validate(3)
