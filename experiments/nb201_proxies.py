@@ -54,6 +54,7 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     p.add_argument("--all", action="store_true", help="score all 15,625 cells")
     p.add_argument("--seeds", type=int, default=3, help="seeds of initialisation and batch")
     p.add_argument("--smoke", action="store_true", help="6 cells, 1 seed, a C=4 N=1 network, batches of 16")
+    p.add_argument("--report-only", action="store_true", help="write the results of the rows so far; score nothing")
     p.add_argument("--estimators", default="all", help="comma-separated estimator names, or all")
     p.add_argument("--ensemble", default=",".join(DEFAULT_MEMBERS), help="the rank ensemble's estimators")
     p.add_argument("--C", type=int, default=16, help="the network's width")
@@ -175,14 +176,16 @@ def report(log: RowLog, selected: set[str], bench: TabularBenchmark, args: Any, 
 
 def run(args: Any) -> dict:
     bench = TabularBenchmark(args.table)
-    dataset = load_dataset("cifar10_jpeg", args.root, train=True).dataset
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     codes = [int(c) for c in bench.codes] if args.all else stratified_codes(bench.by_code, args.cells, SELECTION_SEED)
     archs = [code_to_arch(code) for code in codes]
     log = RowLog(out / "rows.csv", args.estimators)
+    if args.report_only:
+        return report(log, set(archs), bench, args, out)
     done = {(row["arch"], row["seed"]) for row in log.rows()}
+    dataset = load_dataset("cifar10_jpeg", args.root, train=True).dataset
     batches = {seed: image_batches(dataset, 1, args.batch_size, seed) for seed in range(args.seeds)}
     start, fresh = time.time(), 0
     for i, arch in enumerate(archs, start=1):
