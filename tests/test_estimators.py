@@ -146,6 +146,9 @@ def test_the_ranking_study_smoke_run_writes_its_tables_and_resumes(tmp_path, sha
     again = run_script(*cmd)
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "rows.csv").read_text() == rows_before, "a re-run scored cells it had already scored"
+    (tmp_path / "results.json").unlink()
+    assert run_script(*cmd, "--report-only").returncode == 0
+    assert json.loads((tmp_path / "results.json").read_text())["cells"] == 6
 
 
 @pytest.mark.parametrize("argv, message", [
