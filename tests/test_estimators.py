@@ -209,3 +209,11 @@ def test_reward_estimator_must_name_an_estimator() -> None:
     RewardConfig(estimator="synflow").validate(3)
     with pytest.raises(UserError, match="reward.estimator is 'naswot'"):
         RewardConfig(estimator="naswot").validate(3)
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_every_estimator_scores_a_cell_cut_off_from_its_input(name: str) -> None:
+    cut = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|none~0|none~1|none~2|"  # node 3 adds nothing
+    torch.manual_seed(0)
+    value = score(name, build_network(cut, C=4, cells_per_stage=1), tiny_batch())
+    assert isinstance(value, float) and not math.isnan(value)

@@ -67,10 +67,13 @@ def nwot(model: nn.Module, batches: Sequence[Batch]) -> float:
 def jacob_cov(model: nn.Module, batches: Sequence[Batch]) -> float:
     """jacob_cov (Mellor et al. 2020, arXiv v1 of "Neural Architecture Search without Training"): with J the
     per-image Jacobians of the summed logits with respect to the first batch's images and v the eigenvalues of
-    their correlation matrix, -sum(log(v + k) + 1 / (v + k)), k = 1e-5; -inf when a Jacobian is constant."""
+    their correlation matrix, -sum(log(v + k) + 1 / (v + k)), k = 1e-5; -inf when a Jacobian is constant or
+    the logits do not depend on the images."""
     x, _ = first_batch(batches, model)
     x = x.clone().requires_grad_(True)
-    (jac,) = torch.autograd.grad(logits(model(x)).sum(), x)
+    (jac,) = torch.autograd.grad(logits(model(x)).sum(), x, allow_unused=True)
+    if jac is None:  # the logits do not depend on the input
+        return -math.inf
     corr = torch.corrcoef(jac.flatten(1).double())
     if not torch.isfinite(corr).all():
         return -math.inf
