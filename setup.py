@@ -36,6 +36,7 @@ setup(
             "nas-info=nas.cli.info:main",
             "nas-latency=nas.benchmarks.latency:main",
             "nas-sweep=nas.sweep.driver:main",
+            "nas-proxy=nas.cli.proxy:main",
         ]
     },
 )

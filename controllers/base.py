@@ -110,6 +110,10 @@ class Controller(nn.Module, ABC):
         """Whether training epoch `epoch` interleaves architecture steps (default: after the warm-up)."""
         return epoch >= warmup
 
+    def weight_epochs(self, epochs: int) -> int:
+        """How many of the stage's `epochs` train the supernet's weights, first (default: all of them)."""
+        return epochs
+
     def extra_epochs(self, epochs: int, warmup: int) -> int:
         """Epochs after the weight training that update only the architecture (default: none)."""
         return 0

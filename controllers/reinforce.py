@@ -52,7 +52,7 @@ from torch import nn
 
 from controllers.base import ArchStepContext, Controller, Evaluate, StageContext
 from controllers.genotype_policy import GenotypePolicy
-from controllers.reward import RewardConfig, RewardFn, make_reward_fn
+from controllers.reward import ONESHOT, RewardConfig, RewardFn, make_reward_fn
 from controllers.sampling import (
     BEHAVIOURS,
     BatchedPaths,
@@ -67,6 +67,7 @@ from nas.core.arch_types import CellLayout, KeptOps, OpIndices
 from nas.core.batchnorm import batch_stat_eval
 from nas.core.distributed import all_gather_cat, world
 from nas.core.errors import UserError
+from nas.core.estimators.reward import EstimatorReward, reward_members
 
 INIT_STD = 1e-3
 IMPORTANCE = ("path", "decision")
@@ -253,6 +254,7 @@ class ReinforceController(Controller):
         self.recent: deque[tuple[OpIndices, float]] = deque(maxlen=cfg.last_n)
         self.samples_seen = 0
         self.reward_fn: RewardFn | None = None  # (architecture, accuracy) -> (reward, costs); set by from_config
+        self.estimator_reward: EstimatorReward | None = None  # reward.estimator other than oneshot (from_config)
         self.space: Any = None  # the search space and the kept ops that turn paths into architectures (from_config)
         self.kept_ops: KeptOps = {}
         self.latency_table: dict[str, str] | None = None  # {"path", "device"} of reward.latency_table (from_config)
@@ -277,6 +279,9 @@ class ReinforceController(Controller):
             controller.latency_table = {"path": reward_cfg.latency_table, "device": table.device}
         controller.reward_fn = make_reward_fn(reward_cfg, ctx.stage, costs)
         controller.space, controller.kept_ops = ctx.space, ctx.kept_ops
+        if reward_cfg.estimator != ONESHOT:
+            controller.estimator_reward = EstimatorReward(reward_members(reward_cfg.estimator),
+                                                          ctx.space.scoring_network, ctx.space.format_arch)
         return controller
 
     def _cpu_logits(self) -> dict[str, torch.Tensor]:
@@ -413,8 +418,15 @@ class ReinforceController(Controller):
     def arch_active(self, epoch: int, warmup: int) -> bool:
         return self.cfg.mode == "interleaved" and epoch >= warmup
 
+    def weight_epochs(self, epochs: int) -> int:
+        """With a training-free estimator as the reward the supernet is not trained."""
+        return 0 if self.estimator_reward is not None else epochs
+
     def extra_epochs(self, epochs: int, warmup: int) -> int:
-        """Separate mode: after training the supernet, one policy epoch per non-warm-up epoch."""
+        """Separate mode: after training the supernet, one policy epoch per non-warm-up epoch. With a training-free
+        estimator as the reward, every epoch of the stage (warm-up included) is a policy epoch."""
+        if self.estimator_reward is not None:
+            return epochs
         return epochs - warmup if self.cfg.mode == "separate" else 0
 
     def epoch_scalars(self, evaluate: Evaluate, summary: dict[str, float]) -> dict[str, float]:
@@ -462,13 +474,16 @@ class ReinforceController(Controller):
         batch's statistics), update; returns the update's scalars keyed by tag suffix."""
         dist, k = world(), self.cfg.samples_per_update
         paths = self.sample(k * dist.world_size)  # under torchrun: every rank draws all ranks' samples, scores its k
-        x, y = ctx.val_batch
-        with batch_stat_eval(ctx.model), torch.no_grad():
-            mine = [(ctx.model(x, path=path).argmax(dim=-1) == y).float().mean()
-                    for path in paths[dist.rank * k:(dist.rank + 1) * k]]
-        accuracies = all_gather_cat(torch.stack(mine)).tolist()  # every sample's accuracy on every rank, one update
-        rewards, costs = zip(*(self.reward(self.path_architecture(self.space, self.kept_ops, path), acc)
-                               for path, acc in zip(paths, accuracies)))
+        archs = [self.path_architecture(self.space, self.kept_ops, path) for path in paths]
+        if self.estimator_reward is not None:  # every rank scores every sample alike (cached, deterministic)
+            accuracies = [self.estimator_reward(arch, ctx.val_batch) for arch in archs]
+        else:
+            x, y = ctx.val_batch
+            with batch_stat_eval(ctx.model), torch.no_grad():
+                mine = [(ctx.model(x, path=path).argmax(dim=-1) == y).float().mean()
+                        for path in paths[dist.rank * k:(dist.rank + 1) * k]]
+            accuracies = all_gather_cat(torch.stack(mine)).tolist()  # every sample's accuracy on every rank
+        rewards, costs = zip(*(self.reward(arch, acc) for arch, acc in zip(archs, accuracies)))
         metrics = self.update(paths, rewards)
         for metric in costs[0]:
             metrics[f"{metric}_mean"] = sum(c[metric] for c in costs) / len(costs)
@@ -482,6 +497,7 @@ class ReinforceController(Controller):
             "recent": list(self.recent),
             "samples_seen": self.samples_seen,
             "generator": None if self.generator is None else self.generator.get_state(),
+            "estimator": None if self.estimator_reward is None else self.estimator_reward.state(),
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -489,6 +505,8 @@ class ReinforceController(Controller):
         self.baseline = state["baseline"]
         self.recent = deque(state["recent"], maxlen=self.cfg.last_n)
         self.samples_seen = state["samples_seen"]
+        if self.estimator_reward is not None and state.get("estimator") is not None:
+            self.estimator_reward.load_state(state["estimator"])
         if state["generator"] is not None:
             if self.generator is None:
                 self.generator = torch.Generator()

@@ -8,6 +8,10 @@ architecture. With m_base the stage's `reward.p_base` (in the metric's unit):
   alpha = 0 gives the accuracy.
 - ``hard`` (MnasNet's hard constraint: alpha = 0, beta = -1 by default): m_base is a budget; R = acc at or under
   it and R = acc * (m / m_base) ** beta past it, beta < 0 per stage (`reward.beta`).
+
+`reward.estimator` sets what acc is: ``oneshot`` (the default), the sampled path's validation accuracy in the
+supernet; or a training-free estimator (nas/core/estimators: one name, or ``ensemble``), whose running rank among the
+architectures seen so far, in (0, 1], stands in for the accuracy (nas/core/estimators/reward.py).
 """
 from __future__ import annotations
 
@@ -15,9 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from nas.core.errors import UserError
+from nas.core.estimators.registry import estimator
+from nas.core.estimators.reward import ENSEMBLE, reward_members
 from nas.core.latency_table import LatencyTable, load_table
 
 METRICS = ("params", "flops", "latency")
+ONESHOT = "oneshot"  # reward.estimator: the supernet's validation accuracy
 MODES = ("soft", "hard")
 Costs = dict[str, float]  # metric -> value of one architecture (params M, flops M, latency ms)
 RewardFn = Callable[[Any, float], tuple[float, Costs]]  # (architecture, accuracy) -> (reward, its costs)
@@ -33,6 +40,7 @@ class RewardConfig:
     beta: list[float] | None = None  # per stage (hard mode); None: -1 in every stage (MnasNet's hard constraint)
     p_base: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     latency_table: str | None = None
+    estimator: str = ONESHOT  # oneshot | ensemble | an estimator name (nas/core/estimators/registry.py)
 
     def validate(self, num_stages: int) -> None:
         """Raise UserError naming the first bad field (the latency table is read; a stage checks that it fits)."""
@@ -62,6 +70,13 @@ class RewardConfig:
             raise UserError("reward.metric latency needs reward.latency_table: PATH (build it with nas-latency build)")
         if self.latency_table:
             self.table()
+        if self.estimator != ONESHOT:
+            try:
+                for name in reward_members(self.estimator):
+                    estimator(name)
+            except UserError:
+                raise UserError(f"reward.estimator is {self.estimator!r}; choose {ONESHOT}, {ENSEMBLE} or an "
+                                f"estimator of nas/core/estimators/registry.py") from None
 
     def table(self) -> LatencyTable | None:
         """The latency table, of any device (the target whose latency the reward charges), or None without one."""

@@ -142,6 +142,11 @@ class SearchSpace(ABC):
         cannot fit it."""
         raise UserError(f"the {cls.name} space has no eval network")
 
+    def scoring_network(self, arch: Any) -> nn.Module:
+        """The eval-scale network of an architecture, freshly initialised, which a training-free estimator scores
+        (nas/core/estimators); UserError where the space builds none."""
+        raise UserError(f"the {self.name} space builds no network for training-free estimators")
+
     # ----- records and drawings -----
     def format_arch(self, arch: Any) -> str:
         """The one-line form of an architecture (a genotype string, an architecture string)."""

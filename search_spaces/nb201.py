@@ -427,6 +427,10 @@ class NB201Space(SearchSpace):
         _check_image_size(data.size)
         return build_network(arch, C, layers, data.num_classes, data.in_channels)
 
+    def scoring_network(self, arch: str) -> NB201Network:
+        """The benchmark's network at `model.eval_C` and `model.eval_N`."""
+        return build_network(arch, self.eval_C, self.eval_N, self.num_classes, self.in_channels)
+
     def initial_kept_ops(self) -> KeptOps:
         return {GROUP: [list(NB201_OPS) for _ in EDGES]}
 

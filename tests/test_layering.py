@@ -5,7 +5,7 @@ Floors, lowest first; a module may import its own floor and lower ranks only (tw
 each other):
 
 0. nas.core (errors, registry, architecture types, device, distributed, metrics, BatchNorm, checkpoints, config,
-   data, records, the latency table format) and the shipped genotypes/;
+   data, records, the latency table format, the training-free estimators) and the shipped genotypes/;
 1. search_spaces and controllers: spaces and controllers build on nas.core only, and never on each other;
 2. nas.report (the TensorBoard tags and the run report) and nas.benchmarks (NB201 table, latency measurement,
    one-shot and ranking studies);
@@ -171,3 +171,6 @@ def test_the_checks_can_fail(tmp_path: Path) -> None:
     assert arrow_error("nas.engine.search_loop", "nas.sweep.driver")
     assert arrow_error("nas.report.run", "nas.benchmarks.latency")
     assert arrow_error("nas.engine.search_loop", "nas.core.errors") is None
+    for target in ("search_spaces.base", "controllers.reward", "nas.engine.search_loop"):  # estimators: core only
+        assert arrow_error("nas.core.estimators.reward", target)
+    assert arrow_error("controllers.reward", "nas.core.estimators.registry") is None

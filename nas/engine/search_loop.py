@@ -234,10 +234,11 @@ class StageRunner:
         """Train the stage from the progress position to its end; returns the last epoch's summary."""
         p, st = self.search.progress, self.cfg.stages
         epochs, warmup = st.epochs[self.stage], st.warmup_epochs[self.stage]
-        total = epochs + self.controller.extra_epochs(epochs, warmup)
+        trained = self.controller.weight_epochs(epochs)
+        total = trained + self.controller.extra_epochs(epochs, warmup)
         while p.epoch < total:
             self.controller.on_epoch(p.epoch, total)
-            if p.epoch < epochs:
+            if p.epoch < trained:
                 self.regularisers = self.search.space.regularise(self.model, st.skip_dropout[self.stage], p.epoch,
                                                                  epochs, warmup)
                 self._train_epoch(p.epoch)

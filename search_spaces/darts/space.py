@@ -258,6 +258,10 @@ class DartsSpace(SearchSpace):
             path[group] = torch.tensor(row)
         return path
 
+    def scoring_network(self, arch: Genotype) -> NetworkEval:
+        """The CIFAR eval network at the eval scale (`model.eval_C`, `model.eval_layers`), no auxiliary head."""
+        return NetworkEval(arch, self.eval_C, self.num_classes, self.eval_layers, self.in_channels, auxiliary=False)
+
     def params_millions(self, arch: Genotype) -> float:
         return eval_param_count(arch, self.eval_C, self.eval_layers, self.num_classes, self.in_channels) / 1e6
 
