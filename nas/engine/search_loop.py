@@ -178,12 +178,17 @@ class StageRunner:
                 metrics = self._arch_step((x, y), p.step)
                 search.log_arch_metrics(self.stage, metrics)
             self._weight_step(x, y, self.controller.weight_forward_kwargs())
-            p.step += 1
-            p.global_step += 1
-            if p.global_step % self.cfg.run.log_every == 0:
-                search.log_arch(self.stage, self.controller.probs())
-            if self.cfg.run.checkpoint_every and p.global_step % self.cfg.run.checkpoint_every == 0:
-                search.checkpoint(self)
+            self._step_done()
+
+    def _step_done(self) -> None:
+        """Count a finished step; log the architecture and checkpoint on their schedules."""
+        p, search = self.search.progress, self.search
+        p.step += 1
+        p.global_step += 1
+        if p.global_step % self.cfg.run.log_every == 0:
+            search.log_arch(self.stage, self.controller.probs())
+        if self.cfg.run.checkpoint_every and p.global_step % self.cfg.run.checkpoint_every == 0:
+            search.checkpoint(self)
 
     def _policy_epoch(self) -> None:
         """An epoch of architecture updates on validation batches with the supernet frozen (extra_epochs)."""
@@ -191,12 +196,7 @@ class StageRunner:
         for _ in range(p.step, search.val_batches_per_epoch):
             metrics = self._arch_step(None, p.step)
             search.log_arch_metrics(self.stage, metrics)
-            p.step += 1
-            p.global_step += 1
-            if p.global_step % self.cfg.run.log_every == 0:
-                search.log_arch(self.stage, self.controller.probs())
-            if self.cfg.run.checkpoint_every and p.global_step % self.cfg.run.checkpoint_every == 0:
-                search.checkpoint(self)
+            self._step_done()
 
     def evaluate(self, **forward_kwargs: Any) -> tuple[float, float]:
         """Loss and top-1 (%) on the whole architecture half."""
