@@ -17,7 +17,8 @@ def edge_nodes(space: Any, kept_ops: KeptOps) -> EdgeNodes:
     """The node layout of every group when the space normalises edges (`space.edge_normalised`), else {}."""
     if not getattr(space, "edge_normalised", False):
         return {}
-    return {group: [list(edges) for edges in layout.nodes] for group, layout in space.cell_layout(kept_ops).items()}
+    layouts = space.cell_layout(kept_ops)
+    return {group: [list(edges) for edges in layout.node_edges] for group, layout in layouts.items()}
 
 
 def node_softmax(logits: torch.Tensor, nodes: Sequence[Sequence[int]]) -> torch.Tensor:
