@@ -3,6 +3,7 @@ normalisation (the node softmax, the derivation with alpha times beta, the confi
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
 
@@ -11,8 +12,9 @@ import torch
 
 from controllers.edge_weights import edge_nodes, node_softmax
 from controllers.gradient import GradientConfig, GradientController
-from nas.config import build_dataclass
+from nas.config import build_dataclass, load_config
 from nas.errors import UserError
+from nas.search_config import SearchConfig
 from search_spaces.darts import GROUPS, DartsModelConfig, DartsSpace
 from search_spaces.ops import DARTS_OPS
 from search_spaces.partial_channels import channel_shuffle, draw_channels, partial_edge
@@ -149,3 +151,14 @@ def test_edge_weights_are_learned_recorded_and_absent_without_edge_norm() -> Non
 def test_bad_partial_settings_are_one_line_errors(model: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         space(**model)
+
+
+def test_pcdarts_configs_hold_the_papers_settings() -> None:
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    paper = load_config(SearchConfig, root / "pcdarts_cifar10.yaml")
+    model, gradient = paper.model, paper.gradient
+    assert (model.mixture, model.partial_k, model.edge_norm) == ("partial", 4, True)
+    assert (paper.data.batch_size, paper.optim.lr, gradient.lr) == (256, 0.1, 6e-4)
+    assert (paper.stages.epochs, paper.stages.warmup_epochs, paper.stages.layers) == ([50], [15], [8])
+    quick = load_config(SearchConfig, root / "pcdarts_digits.yaml")
+    assert quick.data.dataset == "digits" and quick.model.mixture == "partial"
