@@ -152,16 +152,17 @@ class Controller(nn.Module, ABC):
 
     def stage_entries(self, space: Any, kept_ops: KeptOps, summary: dict[str, float]) -> dict[str, Any]:
         """Extra entries of the stage record (plain data); `summary` is the stage's last epoch summary. Default: the
-        edge weights, with edge normalisation."""
-        weights = self.edge_kwargs().get("edge_weights", {})
-        return {"edge_weights": {g: [round(v, 6) for v in w.tolist()] for g, w in weights.items()}} if weights else {}
+        edge weights, with edge normalisation (per group, per node, its input edges' weights in input order)."""
+        weights = {g: w.tolist() for g, w in self.edge_kwargs().get("edge_weights", {}).items()}
+        return {"edge_weights": {g: [[round(w[e], 6) for e in node] for node in self.edge_nodes[g]]
+                                 for g, w in weights.items()}} if weights else {}
 
     def stage_texts(self, entries: dict[str, Any]) -> dict[str, str]:
         """Text summaries of the stage entries, keyed by tag suffix (declared in `text_tags`). Default: the edge
         weights, under `<name>/edge_weights`."""
         if "edge_weights" not in entries:
             return {}
-        return {f"{self.name}/edge_weights": format_edge_weights(entries["edge_weights"], self.edge_nodes)}
+        return {f"{self.name}/edge_weights": format_edge_weights(entries["edge_weights"])}
 
     @abstractmethod
     def weight_forward_kwargs(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def node_softmax(logits: torch.Tensor, nodes: Sequence[Sequence[int]]) -> torch.
     return torch.zeros_like(logits).index_put((index,), values)
 
 
-def format_edge_weights(weights: dict[str, list[float]], nodes: EdgeNodes) -> str:
-    """One line per group and node: the weights of its input edges, in input order."""
-    return "\n".join(f"{group} node {i}: " + " ".join(f"{weights[group][e]:.3f}" for e in node)
-                     for group, group_nodes in nodes.items() for i, node in enumerate(group_nodes))
+def format_edge_weights(weights: dict[str, list[list[float]]]) -> str:
+    """One line per group and node from per-node weight lists: the weights of its input edges, in input order."""
+    return "\n".join(f"{group} node {i}: " + " ".join(f"{w:.3f}" for w in node)
+                     for group, nodes in weights.items() for i, node in enumerate(nodes))

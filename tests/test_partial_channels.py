@@ -9,11 +9,14 @@ from typing import Iterator
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import search
 from controllers.edge_weights import edge_nodes, node_softmax
 from controllers.gradient import GradientConfig, GradientController
 from nas.config import build_dataclass, load_config
 from nas.errors import UserError
+from nas.genotype import read_record
 from nas.search_config import SearchConfig
 from search_spaces.darts import GROUPS, DartsModelConfig, DartsSpace
 from search_spaces.ops import DARTS_OPS
@@ -139,7 +142,8 @@ def test_edge_weights_are_learned_recorded_and_absent_without_edge_norm() -> Non
     controller = GradientController(GradientController.shapes(kept), GradientConfig(), edge_nodes(darts, kept))
     assert len(controller.optimizer.param_groups[0]["params"]) == 4  # two alphas, two betas
     entries = controller.stage_entries(darts, kept, {})
-    assert len(entries["edge_weights"]["normal"]) == 14
+    nodes = entries["edge_weights"]["normal"]  # per node, its input edges' weights
+    assert [len(node) for node in nodes] == [2, 3, 4, 5] and all(abs(sum(node) - 1) < 1e-5 for node in nodes)
     assert "gradient/edge_weights" in controller.stage_texts(entries)
     bare = GradientController(GradientController.shapes(kept), GradientConfig(), edge_nodes(plain, kept))
     assert not list(bare.betas) and bare.stage_entries(plain, kept, {}) == {}
@@ -162,3 +166,18 @@ def test_pcdarts_configs_hold_the_papers_settings() -> None:
     assert (paper.stages.epochs, paper.stages.warmup_epochs, paper.stages.layers) == ([50], [15], [8])
     quick = load_config(SearchConfig, root / "pcdarts_digits.yaml")
     assert quick.data.dataset == "digits" and quick.model.mixture == "partial"
+
+
+def test_a_partial_search_records_and_reports_its_edge_weights(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text("data:\n  dataset: digits\n")
+    settings = ["model.C=4", "model.mixture=partial", "model.partial_k=2", "model.edge_norm=true",
+                "data.batch_size=96", "stages.layers=[3]", "stages.epochs=[1]", "stages.warmup_epochs=[0]",
+                "stages.keep=[1]", "stages.skip_dropout=[0.0]", "run.draw=false", "run.log_every=100"]
+    assert search.main(["-c", str(config), "--run-dir", str(tmp_path / "run"), "--set", *settings]) == 0
+    stage = read_record(tmp_path / "run" / "genotype.json")["search"]["stages"][0]
+    assert [len(node) for node in stage["edge_weights"]["reduce"]] == [2, 3, 4, 5]
+    assert "Edge weights at the end of the stage" in (tmp_path / "run" / "report.md").read_text()
+    events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert "stage1/gradient/edge_weights/text_summary" in events.Tags()["tensors"]  # TensorBoard's text tab
