@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
+from controllers.edge_weights import EdgeNodes, format_edge_weights, node_softmax
 from nas.core.arch_types import KeptOps, OpIndices
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -58,10 +59,15 @@ class Controller(nn.Module, ABC):
     optimizer: torch.optim.Optimizer | None = None  # the architecture optimizer, if any (its lr is logged)
     scores_samples: ClassVar[bool] = False  # it rewards sampled architectures (scored_samples, reward)
 
-    def __init__(self, shapes: dict[str, tuple[int, int]], init_std: float = 1e-3):
+    def __init__(self, shapes: dict[str, tuple[int, int]], init_std: float = 1e-3, edge_nodes: EdgeNodes | None = None):
+        """`edge_nodes` (controllers/edge_weights.py; empty: none) adds PC-DARTS edge logits `betas[group]` ([E])."""
         super().__init__()
         self.alphas = nn.ParameterDict(
             {group: nn.Parameter(init_std * torch.randn(edges, ops)) for group, (edges, ops) in shapes.items()}
+        )
+        self.edge_nodes = edge_nodes or {}
+        self.betas = nn.ParameterDict(
+            {group: nn.Parameter(init_std * torch.randn(shapes[group][0])) for group in self.edge_nodes}
         )
 
     # ----- construction -----
@@ -86,13 +92,35 @@ class Controller(nn.Module, ABC):
         """Softmax of every group's logits over its kept ops, detached."""
         return {group: torch.softmax(alpha.detach(), dim=-1) for group, alpha in self.alphas.items()}
 
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The logits an architecture step differentiates: every group's alphas, then its edge logits (if any)."""
+        return list(self.alphas.values()) + list(self.betas.values())
+
+    def edge_weights(self) -> dict[str, torch.Tensor]:
+        """Per group the weight of every edge, softmax over each node's input edges ([E], differentiable); {}
+        without edge normalisation."""
+        return {group: node_softmax(beta, self.edge_nodes[group]) for group, beta in self.betas.items()}
+
+    def edge_kwargs(self, differentiable: bool = False) -> dict[str, Any]:
+        """The supernet's `edge_weights=` keyword (detached unless `differentiable`); {} without edge logits."""
+        if not self.betas:
+            return {}
+        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+            return {"edge_weights": self.edge_weights()}
+
+    def derivation_scores(self) -> dict[str, torch.Tensor]:
+        """What the derivation ranks: the op probabilities, times each edge's weight with edge normalisation
+        (PC-DARTS: alpha times beta)."""
+        probs, edges = self.probs(), self.edge_kwargs().get("edge_weights", {})
+        return {group: p * edges[group][:, None] if group in edges else p for group, p in probs.items()}
+
     def argmax_path(self) -> OpIndices:
         """The most probable op on every edge."""
         return {group: alpha.detach().argmax(dim=-1) for group, alpha in self.alphas.items()}
 
     def architecture(self, space: Any, kept_ops: KeptOps, max_skip: int | None = None) -> Any:
-        """The architecture this controller outputs now: the space's derivation from the op probabilities."""
-        return space.derive(self.probs(), kept_ops, max_skip)
+        """The architecture this controller outputs now: the space's derivation from `derivation_scores`."""
+        return space.derive(self.derivation_scores(), kept_ops, max_skip)
 
     def path_architecture(self, space: Any, kept_ops: KeptOps, path: OpIndices) -> Any:
         """The architecture a sampled path stands for (default: the space's architecture of that path)."""
@@ -127,12 +155,18 @@ class Controller(nn.Module, ABC):
         return {} if self.optimizer is None else {"lr/arch": self.optimizer.param_groups[0]["lr"]}
 
     def stage_entries(self, space: Any, kept_ops: KeptOps, summary: dict[str, float]) -> dict[str, Any]:
-        """Extra entries of the stage record (plain data); `summary` is the stage's last epoch summary."""
-        return {}
+        """Extra entries of the stage record (plain data); `summary` is the stage's last epoch summary. Default: the
+        edge weights, with edge normalisation (per group, per node, its input edges' weights in input order)."""
+        weights = {g: w.tolist() for g, w in self.edge_kwargs().get("edge_weights", {}).items()}
+        return {"edge_weights": {g: [[round(w[e], 6) for e in node] for node in self.edge_nodes[g]]
+                                 for g, w in weights.items()}} if weights else {}
 
     def stage_texts(self, entries: dict[str, Any]) -> dict[str, str]:
-        """Text summaries of the stage entries, keyed by tag suffix (declared in `text_tags`)."""
-        return {}
+        """Text summaries of the stage entries, keyed by tag suffix (declared in `text_tags`). Default: the edge
+        weights, under `<name>/edge_weights`."""
+        if "edge_weights" not in entries:
+            return {}
+        return {f"{self.name}/edge_weights": format_edge_weights(entries["edge_weights"])}
 
     @abstractmethod
     def weight_forward_kwargs(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from controllers.base import ArchStepContext, Controller, Evaluate, StageContext
+from controllers.edge_weights import EdgeNodes, edge_nodes
 from nas.core.arch_types import OpIndices
 from nas.core.distributed import all_mean, world
 from nas.core.errors import UserError
@@ -85,18 +86,22 @@ class GdasController(Controller):
         "stage{s}/gdas/arch_loss": "validation loss of the sampled architecture in one architecture step",
         "stage{s}/gdas/arch_acc": "validation top-1 (0..1) of the sampled architecture in one architecture step",
     }
+    text_tags = {"stage{s}/gdas/edge_weights": "PC-DARTS edge weights at the end of the stage (softmax over each "
+                                               "node's input edges), with model.edge_norm"}
 
-    def __init__(self, shapes: dict[str, tuple[int, int]], cfg: GdasConfig, generator: torch.Generator):
-        """`generator` (CPU) draws every Gumbel sample; the search checkpoints its state."""
-        super().__init__(shapes)
+    def __init__(self, shapes: dict[str, tuple[int, int]], cfg: GdasConfig, generator: torch.Generator,
+                 edges: EdgeNodes | None = None):
+        """`generator` (CPU) draws every Gumbel sample; the search checkpoints its state. `edges`: the node layout
+        for PC-DARTS edge logits (controllers/edge_weights.py), learned with the alphas."""
+        super().__init__(shapes, edge_nodes=edges)
         self.cfg, self.generator = cfg, generator
         self.tau = cfg.tau_max
-        self.optimizer = torch.optim.Adam(self.alphas.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+        self.optimizer = torch.optim.Adam(self.arch_parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                                           weight_decay=cfg.weight_decay)
 
     @classmethod
     def from_config(cls, ctx: StageContext) -> GdasController:
-        return cls(cls.shapes(ctx.kept_ops), ctx.sections["gdas"], ctx.generator)
+        return cls(cls.shapes(ctx.kept_ops), ctx.sections["gdas"], ctx.generator, edge_nodes(ctx.space, ctx.kept_ops))
 
     def on_epoch(self, epoch: int, epochs: int) -> None:
         self.tau = annealed_tau(epoch, epochs, self.cfg.tau_max, self.cfg.tau_min)
@@ -118,10 +123,10 @@ class GdasController(Controller):
 
     def weight_forward_kwargs(self) -> dict[str, Any]:
         with torch.no_grad():
-            return {"path": self.sample()[0]}
+            return {"path": self.sample()[0], **self.edge_kwargs()}
 
     def eval_forward_kwargs(self) -> dict[str, Any]:
-        return {"path": self.argmax_path()}
+        return {"path": self.argmax_path(), **self.edge_kwargs()}
 
     def epoch_scalars(self, evaluate: Evaluate, summary: dict[str, float]) -> dict[str, float]:
         return {**super().epoch_scalars(evaluate, summary), "gdas/tau": self.tau}
@@ -129,16 +134,16 @@ class GdasController(Controller):
     def arch_step(self, ctx: ArchStepContext) -> dict[str, float]:
         path, scale = self.sample()
         x, y = ctx.val_batch
-        logits = ctx.model(x, path=path, path_scale=scale)
+        logits = ctx.model(x, path=path, path_scale=scale, **self.edge_kwargs(differentiable=True))
         loss = ctx.criterion(logits, y)
         # materialize: when every sampled op into a node is `none`, the loss does not depend on the logits
-        grads = torch.autograd.grad(loss, list(self.alphas.values()), allow_unused=True, materialize_grads=True)
+        grads = torch.autograd.grad(loss, self.arch_parameters(), allow_unused=True, materialize_grads=True)
         accuracy = (logits.argmax(dim=-1) == y).float().mean()
         *grads, stats = all_mean([*grads, torch.stack([loss.detach(), accuracy])])  # over the ranks' samples
-        for alpha, grad in zip(self.alphas.values(), grads):
+        for alpha, grad in zip(self.arch_parameters(), grads):
             alpha.grad = grad
         if self.cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.alphas.parameters(), self.cfg.grad_clip)
+            nn.utils.clip_grad_norm_(self.arch_parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         entropy = torch.stack([torch.distributions.Categorical(logits=a.detach()).entropy().mean()
                                for a in self.alphas.values()]).mean()

@@ -22,6 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from controllers.base import ArchStepContext, Controller, StageContext
+from controllers.edge_weights import EdgeNodes, edge_nodes
 from nas.core.distributed import all_mean
 from nas.core.errors import UserError
 
@@ -72,11 +73,14 @@ class GradientController(Controller):
 
     name = "gradient"
     config_sections = {"gradient": GradientConfig}
+    text_tags = {"stage{s}/gradient/edge_weights": "PC-DARTS edge weights at the end of the stage (softmax over "
+                                                   "each node's input edges), with model.edge_norm"}
 
-    def __init__(self, shapes: dict[str, tuple[int, int]], cfg: GradientConfig):
-        super().__init__(shapes)
+    def __init__(self, shapes: dict[str, tuple[int, int]], cfg: GradientConfig, edges: EdgeNodes | None = None):
+        """`edges`: the node layout for PC-DARTS edge logits (controllers/edge_weights.py), learned with the alphas."""
+        super().__init__(shapes, edge_nodes=edges)
         self.cfg = cfg
-        self.optimizer = torch.optim.Adam(self.alphas.parameters(), lr=cfg.lr, betas=cfg.betas,
+        self.optimizer = torch.optim.Adam(self.arch_parameters(), lr=cfg.lr, betas=cfg.betas,
                                           weight_decay=cfg.weight_decay)
 
     @classmethod
@@ -85,26 +89,26 @@ class GradientController(Controller):
 
     @classmethod
     def from_config(cls, ctx: StageContext) -> GradientController:
-        return cls(cls.shapes(ctx.kept_ops), ctx.sections["gradient"])
+        return cls(cls.shapes(ctx.kept_ops), ctx.sections["gradient"], edge_nodes(ctx.space, ctx.kept_ops))
 
     def mixture_weights(self) -> dict[str, torch.Tensor]:
         """Softmax of the logits, differentiable with respect to them."""
         return {group: torch.softmax(alpha, dim=-1) for group, alpha in self.alphas.items()}
 
     def weight_forward_kwargs(self) -> dict[str, Any]:
-        return {"weights": self.probs()}
+        return {"weights": self.probs(), **self.edge_kwargs()}
 
     def eval_forward_kwargs(self) -> dict[str, Any]:
-        return {"weights": self.probs()}
+        return {"weights": self.probs(), **self.edge_kwargs()}
 
     def _alpha_grads(self, ctx: ArchStepContext, batch, params: dict[str, torch.Tensor] | None = None,
                      wrt_params: bool = False) -> tuple[torch.Tensor, ...]:
         """Gradients of the loss on `batch` with respect to the logits (and the weights `params`)."""
         x, y = batch
-        kwargs = {"weights": self.mixture_weights()}
+        kwargs = {"weights": self.mixture_weights(), **self.edge_kwargs(differentiable=True)}
         logits = ctx.model(x, **kwargs) if params is None else functional_call(ctx.model, params, (x,), kwargs)
         loss = ctx.criterion(logits, y)
-        inputs = list(self.alphas.values()) + (list(params.values()) if wrt_params else [])
+        inputs = self.arch_parameters() + (list(params.values()) if wrt_params else [])
         return torch.autograd.grad(loss, inputs, allow_unused=True)
 
     def _unrolled_grads(self, ctx: ArchStepContext) -> list[torch.Tensor]:
@@ -126,7 +130,7 @@ class GradientController(Controller):
             if buf is not None:
                 step = step + momentum * buf
             virtual[name] = (w.detach() - ctx.lr * step).requires_grad_(True)
-        n_alpha = len(self.alphas)
+        n_alpha = len(self.arch_parameters())
         grads = self._alpha_grads(ctx, ctx.val_batch, virtual, wrt_params=True)
         d_alpha, d_w = grads[:n_alpha], grads[n_alpha:]
         d_w = all_mean([g if g is not None else torch.zeros_like(w) for g, w in zip(d_w, weights)])
@@ -151,10 +155,10 @@ class GradientController(Controller):
     def arch_step(self, ctx: ArchStepContext) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         grads = self._unrolled_grads(ctx) if self.cfg.order == 2 else self._alpha_grads(ctx, ctx.val_batch)
-        for alpha, grad in zip(self.alphas.values(), all_mean(grads)):
+        for alpha, grad in zip(self.arch_parameters(), all_mean(grads)):
             alpha.grad = grad
         if self.cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.alphas.parameters(), self.cfg.grad_clip)
+            nn.utils.clip_grad_norm_(self.arch_parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         entropy = sum(float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean()) for p in self.probs().values())
         return {"arch/entropy": entropy / len(self.alphas)}

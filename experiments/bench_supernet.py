@@ -2,6 +2,9 @@
 
 Cases, each a median forward+backward step (cross-entropy on random data) after warm-up:
   mixture      SearchNetwork(weights=softmax(alpha)): every kept op (all 8 DARTS ops) of every edge, our mixture
+  partial      the PC-DARTS mixture (model.mixture: partial, issue 24): every op of every edge on a random 1/K of
+               its channels (--partial-k, 4 by default), the rest bypassing, a channel shuffle, and edge weights
+               (softmax over each node's inputs) that the step differentiates with the alphas
   path         SearchNetwork(path=...): one uniformly sampled op per edge (the REINFORCE weight step)
   child        the stand-alone child of that path: a FixedNetwork whose cells hold exactly the sampled ops of all
                14 edges (no `none` edges), affine=False, BN after pools, no drop path; same memory format as the
@@ -16,7 +19,7 @@ machine hits every case alike); wall and process-CPU medians are both reported, 
 Peak memory is measured per case in its own subprocess (this script with the hidden --case flag), so the
 peaks do not mix: CUDA max_memory_allocated, or on CPU the growth of the peak RSS (VmHWM) over two steps.
 
-    python experiments/bench_supernet.py [--C 16] [--layers 8] [--batch 32] [--size 32] [--json OUT]
+    python experiments/bench_supernet.py [--C 16] [--layers 8] [--batch 32] [--size 32] [--partial-k 4] [--json OUT]
 """
 from __future__ import annotations
 
@@ -33,21 +36,25 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from controllers.edge_weights import node_softmax
 from controllers.reinforce import ReinforceConfig, ReinforceController
 from nas.core.errors import UserError, exit_on_user_error
-from search_spaces.darts.geometry import GROUPS, CellSpec, edges_per_cell
+from search_spaces.darts.geometry import GROUPS, CellSpec, edges_per_cell, node_edges
 from search_spaces.darts.networks import FixedNetwork, SearchNetwork
+from search_spaces.darts.partial_channels import check_partial_k
 from search_spaces.darts.space import DartsSpace
 from search_spaces.depthwise import Depthwise
 from search_spaces.ops import DARTS_OPS
 
-STEP_CASES = ("mixture", "path", "child", "baseline", "baseline_cl")
+STEP_CASES = ("mixture", "partial", "path", "child", "baseline", "baseline_cl")
 CASES = STEP_CASES + ("controller",)
 TARGETS = {"path_over_child": ("<=", 1.10), "mixture_over_path": (">=", 4.0),
-           "baseline_over_mixture": (">=", 1.3), "controller_fraction": ("<=", 0.02)}
+           "baseline_over_mixture": (">=", 1.3), "controller_fraction": ("<=", 0.02),
+           "baseline_over_partial": (">=", 4.0), "partial_memory_over_baseline": ("<=", 0.5)}
 STEPS, MULTIPLIER = 4, 4
 CONTROLLER_ROUNDS = 50
 MEMORY_STEPS = 2
+MIN_MEMORY_MIB = 0.1  # a peak growth below this (a tiny case on CPU) counts as this in the memory ratios
 Step = Callable[[], None]
 
 
@@ -111,7 +118,8 @@ def build_step(case: str, args: argparse.Namespace, path: dict[str, list[int]], 
     if case.startswith("baseline"):
         model: torch.nn.Module = reference_ops(BaselineMixture(args.C, 10, args.layers, 3, all_ops_kept())).to(device)
     else:
-        model = SearchNetwork(args.C, 10, args.layers, 3, all_ops_kept()).to(device)
+        partial_k = args.partial_k if case == "partial" else 1
+        model = SearchNetwork(args.C, 10, args.layers, 3, all_ops_kept(), partial_k=partial_k).to(device)
     if case == "path":
         path_t = {group: torch.tensor(path[group]) for group in GROUPS}
         return _train_step(list(model.parameters()), lambda: model(x, path=path_t), y)
@@ -119,8 +127,15 @@ def build_step(case: str, args: argparse.Namespace, path: dict[str, list[int]], 
         x = x.contiguous(memory_format=torch.channels_last)
     alphas = {group: (1e-3 * torch.randn(edges_per_cell(STEPS), len(DARTS_OPS), device=device)).requires_grad_()
               for group in GROUPS}
-    return _train_step(list(model.parameters()) + list(alphas.values()),
-                       lambda: model(x, weights={g: torch.softmax(a, dim=-1) for g, a in alphas.items()}), y)
+    betas = {group: (1e-3 * torch.randn(edges_per_cell(STEPS), device=device)).requires_grad_()
+             for group in GROUPS} if case == "partial" else {}
+    nodes = [list(edges) for edges in node_edges(STEPS)]
+
+    def forward() -> torch.Tensor:
+        edges = {"edge_weights": {g: node_softmax(b, nodes) for g, b in betas.items()}} if betas else {}
+        return model(x, weights={g: torch.softmax(a, dim=-1) for g, a in alphas.items()}, **edges)
+
+    return _train_step(list(model.parameters()) + list(alphas.values()) + list(betas.values()), forward, y)
 
 
 def _train_step(params: list[torch.Tensor], forward: Callable[[], torch.Tensor], y: torch.Tensor) -> Step:
@@ -230,8 +245,9 @@ def memory_in_subprocess(case: str, args: argparse.Namespace, path: dict[str, li
 
 
 def _forwarded(args: argparse.Namespace) -> list[str]:
-    keys = ("C", "layers", "batch", "size", "steps", "warmup", "device", "seed", "threads")
-    return [item for key in keys if getattr(args, key) is not None for item in (f"--{key}", str(getattr(args, key)))]
+    keys = ("C", "layers", "batch", "size", "steps", "warmup", "device", "seed", "threads", "partial_k")
+    return [item for key in keys if getattr(args, key) is not None
+            for item in (f"--{key.replace('_', '-')}", str(getattr(args, key)))]
 
 
 def summarize(args: argparse.Namespace, path: dict[str, list[int]], cases: dict[str, dict]) -> dict:
@@ -243,10 +259,18 @@ def summarize(args: argparse.Namespace, path: dict[str, list[int]], cases: dict[
         "baseline_over_mixture": t["baseline"] / t["mixture"],
         "baseline_cl_over_mixture": t["baseline_cl"] / t["mixture"],
         "controller_fraction": t["controller"] / t["path"],
+        "mixture_over_partial": t["mixture"] / t["partial"],
+        "baseline_over_partial": t["baseline"] / t["partial"],
     }
-    met = {key: (ratios[key] <= bound if op == "<=" else ratios[key] >= bound) for key, (op, bound) in TARGETS.items()}
+    if all("peak_memory_mib" in cases[case] for case in ("partial", "mixture", "baseline")):
+        memory = {case: max(cases[case]["peak_memory_mib"], MIN_MEMORY_MIB) for case in ("partial", "mixture",
+                                                                                          "baseline")}
+        ratios["partial_memory_over_mixture"] = memory["partial"] / memory["mixture"]
+        ratios["partial_memory_over_baseline"] = memory["partial"] / memory["baseline"]
+    met = {key: (ratios[key] <= bound if op == "<=" else ratios[key] >= bound) for key, (op, bound) in TARGETS.items()
+           if key in ratios}
     settings = {key: getattr(args, key) for key in ("space", "C", "layers", "batch", "size", "steps", "warmup",
-                                                     "device", "seed")}
+                                                     "device", "seed", "partial_k")}
     settings["threads"] = args.threads or torch.get_num_threads()
     return {"settings": settings, "path": {g: [DARTS_OPS[k] for k in path[g]] for g in GROUPS}, "cases": cases,
             "ratios": ratios, "targets": {k: f"{op} {bound}" for k, (op, bound) in TARGETS.items()}, "met": met}
@@ -274,13 +298,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=0, help="seeds the sampled path, data and weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--partial-k", type=int, default=4, help="the partial case's K: ops on 1/K of the channels")
     parser.add_argument("--json", type=FilePath, default=None, help="write the report here")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     parser.add_argument("--case-path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for key in ("C", "layers", "batch", "size", "steps"):
+    for key in ("C", "layers", "batch", "size", "steps", "partial_k"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key} must be at least 1, got {getattr(args, key)}")
+    check_partial_k(args.C, args.partial_k)
     if args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -33,6 +33,7 @@ class SearchSpace(ABC):
     config_sections: ClassVar[dict[str, type]] = {}  # YAML section -> its dataclass (each may have validate())
     tags: ClassVar[dict[str, str]] = {}  # scalar tags (stage{s}/...) that `regularise` returns, with meanings
     min_layers: ClassVar[int] = 1  # the fewest cells a supernet can have
+    edge_normalised: bool = False  # its supernet takes edge_weights= (PC-DARTS), which relaxing controllers learn
 
     # ----- construction -----
     @classmethod

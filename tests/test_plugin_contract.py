@@ -122,14 +122,19 @@ def test_controller_runs_steps_outputs_and_round_trips_its_state(name: str, spac
     assert all(torch.equal(a, b) for a, b in zip(controller.parameters(), restored.parameters()))
 
 
-RESUME_CASES = [("darts", name) for name in CONTROLLERS] + [(name, "gradient") for name in SPACES if name != "darts"]
+PARTIAL = ("model.mixture=partial", "model.partial_k=2", "model.edge_norm=true")  # PC-DARTS, K=2 at C=4
+RESUME_CASES = ([("darts", name, ()) for name in CONTROLLERS] + [(name, "gradient", ()) for name in SPACES
+                                                                 if name != "darts"]
+                + [("darts", "gradient", (*PARTIAL, "gradient.order=2")), ("darts", "gdas", PARTIAL)])
 
 
-@pytest.mark.parametrize("space_name, name", RESUME_CASES)
-def test_a_killed_tiny_search_resumes_exactly(space_name: str, name: str, tmp_path, kill_and_resume) -> None:
+@pytest.mark.parametrize("space_name, name, extra", RESUME_CASES,
+                         ids=[f"{s}-{n}" + ("-partial" if e else "") for s, n, e in RESUME_CASES])
+def test_a_killed_tiny_search_resumes_exactly(space_name: str, name: str, extra: tuple[str, ...], tmp_path,
+                                              kill_and_resume) -> None:
     settings = [f"space={space_name}", f"controller={name}", "data.batch_size=96", "stages.layers=[3,3]",
                 "stages.epochs=[1,1]", "stages.warmup_epochs=[0,0]", "stages.keep=[3,1]",
-                "stages.skip_dropout=[0,0.4]", "run.checkpoint_every=3", "run.draw=false"]
+                "stages.skip_dropout=[0,0.4]", "run.checkpoint_every=3", "run.draw=false", *extra]
     plugin_settings = {**TINY.get(space_name, {}), **controller_settings(name, space_name)}
     settings += [f"{section}.{key}={json.dumps(value)}" for section, values in plugin_settings.items()
                  for key, value in values.items()]

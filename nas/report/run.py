@@ -224,6 +224,13 @@ def _latency_lines(stages: list[Stage]) -> list[str]:
         if tables else []
 
 
+def _edge_weight_table(stage: Stage) -> list[str]:
+    """PC-DARTS edge weights: per cell and node, its input edges' weights in input order."""
+    lines = [table_row(["cell", "node", "edge weights (input 0, 1, ...)"]), table_row(["---"] * 3)]
+    return lines + [table_row([cell, i, " ".join(f"{w:.3f}" for w in node)])
+                    for cell, nodes in stage["edge_weights"].items() for i, node in enumerate(nodes)]
+
+
 def _selection_lines(selection: dict[str, Any]) -> list[str]:
     """Which rule picked the output, and every candidate with its scores."""
     picked = selection["picked"]
@@ -263,6 +270,9 @@ def _markdown(run_dir: Path, stages: list[Stage], record: dict[str, Any] | None,
         lines += ["", f"## Stage {n}", "", f"Derived genotype: `{s['genotype_str']}`", ""]
         if "dominance" in s:
             lines += ["Dominance at the end of the stage (the argmax op of every edge):", "", *_dominance_table(s), ""]
+        if "edge_weights" in s:
+            lines += ["Edge weights at the end of the stage (softmax over each node's inputs; the derivation ranks "
+                      "op probability times edge weight):", "", *_edge_weight_table(s), ""]
         lines += [f"![{p.stem}]({p.relative_to(run_dir).as_posix()})" for p in figures[n]]
         drawings = [run_dir / "stages" / f"stage{n}" / f"{cell}.png" for cell in CELLS]
         lines += [f"![stage {n} {p.stem} cell]({p.relative_to(run_dir).as_posix()})" for p in drawings if p.is_file()]

@@ -33,6 +33,7 @@ from search_spaces.darts.geometry import (
     out_channels,
     stem_conv,
 )
+from search_spaces.darts.partial_channels import check_partial_k, partial_edge
 from search_spaces.ops import (
     FactorizedReduce,
     Identity,
@@ -93,41 +94,54 @@ def _op_kind(op: nn.Module, name: str) -> int:
 class _SearchCell(_Cell):
     """A cell whose edges hold their kept ops; runs their weighted mixture or one op per edge."""
 
-    def __init__(self, dims: CellDims, kept: list[list[str]], steps: int, multiplier: int):
+    def __init__(self, dims: CellDims, kept: list[list[str]], steps: int, multiplier: int, partial_k: int = 1):
         super().__init__(dims, affine=False)
-        self.multiplier = multiplier
+        self.multiplier, self.partial_k = multiplier, partial_k
         self.nodes = [[(e, j) for j, e in enumerate(r)] for r in node_edges(steps)]
-        strides = [edge_stride(dims.reduction, j) for node in self.nodes for _, j in node]
-        self.edges = nn.ModuleList(
-            nn.ModuleList(_search_op(name, dims.C, stride) for name in names) for names, stride in zip(kept, strides)
-        )
+        self.strides = [edge_stride(dims.reduction, j) for node in self.nodes for _, j in node]
+        self.edges = nn.ModuleList(nn.ModuleList(_search_op(name, dims.C // partial_k, stride) for name in names)
+                                   for names, stride in zip(kept, self.strides))
         # Plain Python views for the hot loops: (kind, op) per kept op, and the non-none ops with their index.
         self._ops = [[(_op_kind(op, name), op) for op, name in zip(edge, names)]
                      for edge, names in zip(self.edges, kept)]
         self._active = [[(k, kind, op) for k, (kind, op) in enumerate(ops) if kind != _NONE] for ops in self._ops]
 
     def forward_mixture(self, s0: torch.Tensor, s1: torch.Tensor, w: list[Sequence[torch.Tensor]],
-                        skip_p: float) -> torch.Tensor:
-        """Every node sums w[e][k] * op_k(input) over its edges' non-none kept ops, accumulated in place."""
+                        skip_p: float, edge_w: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Every node sums w[e][k] * op_k(input) over its edges' non-none kept ops, accumulated in place; with
+        partial channels (K > 1) each edge's sum runs on C/K channels (partial_edge), times edge_w[e] if given."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for node in self.nodes:
             acc = None
             for e, j in node:
-                x, relu_x, w_e = states[j], None, w[e]
-                for k, kind, op in self._active[e]:
-                    if kind == _PRE:
-                        relu_x = F.relu(x) if relu_x is None else relu_x
-                        y = op.body(relu_x)
-                    else:
-                        y = self._skip_dropout(op(x), skip_p) if kind == _SKIP else op(x)
-                    acc = y * w_e[k] if acc is None else acc.addcmul_(y, w_e[k])
+                if self.partial_k == 1:
+                    acc = self._mix(states[j], e, w[e], skip_p, acc)
+                    continue
+                y = partial_edge(states[j], self.partial_k, self.strides[e],
+                                 functools.partial(self._mix, e=e, w_e=w[e], skip_p=skip_p, acc=None))
+                y = y if edge_w is None else y * edge_w[e]
+                acc = y if acc is None else acc.add_(y)
             states.append(self.node_zeros(states[1]) if acc is None else acc)
         return torch.cat(states[-self.multiplier:], dim=1)
 
+    def _mix(self, x: torch.Tensor, e: int, w_e: Sequence[torch.Tensor], skip_p: float,
+             acc: torch.Tensor | None) -> torch.Tensor | None:
+        """acc + sum_k w_e[k] * op_k(x) over edge e's non-none ops, in place (None: no op ran, acc was None)."""
+        relu_x = None
+        for k, kind, op in self._active[e]:
+            if kind == _PRE:
+                relu_x = F.relu(x) if relu_x is None else relu_x
+                y = op.body(relu_x)
+            else:
+                y = self._skip_dropout(op(x), skip_p) if kind == _SKIP else op(x)
+            acc = y * w_e[k] if acc is None else acc.addcmul_(y, w_e[k])
+        return acc
+
     def forward_path(self, s0: torch.Tensor, s1: torch.Tensor, path: list[int], skip_p: float,
-                     scale: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """Every node sums the chosen op of each of its edges, times scale[e] if given; `none` and off (-1) edges
-        cost nothing."""
+                     scale: Sequence[torch.Tensor] | None = None,
+                     edge_w: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Every node sums the chosen op of each of its edges, times scale[e] if given (with partial channels, on
+        C/K channels, partial_edge), times edge_w[e] if given; `none` and off (-1) edges cost nothing."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for node in self.nodes:
             acc = None
@@ -137,11 +151,20 @@ class _SearchCell(_Cell):
                 kind, op = self._ops[e][path[e]]
                 if kind == _NONE:
                     continue
-                y = self._skip_dropout(op(states[j]), skip_p) if kind == _SKIP else op(states[j])
-                y = y if scale is None else y * scale[e]
+                if self.partial_k == 1:
+                    y = self._path_op(kind, op, skip_p, None if scale is None else scale[e], states[j])
+                else:
+                    y = partial_edge(states[j], self.partial_k, self.strides[e], functools.partial(
+                        self._path_op, kind, op, skip_p, None if scale is None else scale[e]))
+                y = y if edge_w is None else y * edge_w[e]
                 acc = y if acc is None else acc + y
             states.append(self.node_zeros(states[1]) if acc is None else acc)
         return torch.cat(states[-self.multiplier:], dim=1)
+
+    def _path_op(self, kind: int, op: nn.Module, skip_p: float, scale: torch.Tensor | None,
+                 x: torch.Tensor) -> torch.Tensor:
+        y = self._skip_dropout(op(x), skip_p) if kind == _SKIP else op(x)
+        return y if scale is None else y * scale
 
     def _skip_dropout(self, y: torch.Tensor, p: float) -> torch.Tensor:
         return F.dropout(y, p, training=True) if p > 0 and self.training else y
@@ -152,24 +175,29 @@ class SearchNetwork(nn.Module):
 
     `channels_last` (None: on CPU only) converts the input to channels_last, which every layer then keeps;
     on CPU it makes a search step 1.6x (single path) to 2.6x (mixture) faster (depthwise convs and pools).
+    `partial_k` > 1 runs every edge's ops on a random 1/K of its channels (PC-DARTS,
+    partial_channels.py).
     """
 
     def __init__(self, C: int, num_classes: int, layers: int, in_channels: int, kept_ops: KeptOps,
-                 steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3):
+                 steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3, partial_k: int = 1):
         super().__init__()
         check_positive(C=C, num_classes=num_classes, layers=layers, in_channels=in_channels, steps=steps,
-                        multiplier=multiplier, stem_multiplier=stem_multiplier)
+                       multiplier=multiplier, stem_multiplier=stem_multiplier, partial_k=partial_k)
+        check_partial_k(C, partial_k)
         if multiplier > steps:
             raise UserError(f"multiplier ({multiplier}) cannot exceed steps ({steps}): it counts concatenated nodes")
         self.kept_ops = canonical_kept(kept_ops, steps)
         self.n_ops = {group: len(edges[0]) for group, edges in self.kept_ops.items()}
         self.n_edges = edges_per_cell(steps)
+        self.partial_k = partial_k
         self.skip_dropout = 0.0
         self.channels_last: bool | None = None
         dims = cell_dims(C, layers, stem_multiplier, lambda reduction: multiplier)
         self.stem = stem_conv(in_channels, stem_multiplier * C)
         self.cells = nn.ModuleList(
-            _SearchCell(d, self.kept_ops["reduce" if d.reduction else "normal"], steps, multiplier) for d in dims
+            _SearchCell(d, self.kept_ops["reduce" if d.reduction else "normal"], steps, multiplier, partial_k)
+            for d in dims
         )
         self._groups = ["reduce" if d.reduction else "normal" for d in dims]
         self.classifier = nn.Linear(multiplier * dims[-1].C, num_classes)
@@ -181,27 +209,38 @@ class SearchNetwork(nn.Module):
         self.skip_dropout = float(p)
 
     def forward(self, x: torch.Tensor, weights: Weights | None = None, path: OpIndices | None = None,
-                path_scale: Weights | None = None) -> torch.Tensor:
+                path_scale: Weights | None = None, edge_weights: Weights | None = None) -> torch.Tensor:
         """Logits of the weighted mixture (`weights`) or of the single path (`path`: per edge the index of the op
         to run, -1 for an edge that is off); give exactly one. `path_scale[group]` ([E], with `path` only)
-        multiplies each edge's op output: a differentiable weight of the op that runs (GDAS)."""
+        multiplies each edge's op output: a differentiable weight of the op that runs (GDAS). `edge_weights[group]`
+        ([E]) multiplies each edge's whole output (PC-DARTS edge normalisation)."""
         if (weights is None) == (path is None):
             raise UserError("SearchNetwork.forward needs exactly one of weights= (mixture) or path= (single path)")
         if path_scale is not None and (path is None or any(path_scale[g].shape != (self.n_edges,) for g in GROUPS)):
             raise UserError(f"path_scale= goes with path= and holds one value per edge ({self.n_edges}) per group")
+        if edge_weights is not None and any(edge_weights[g].shape != (self.n_edges,) for g in GROUPS):
+            raise UserError(f"edge_weights= holds one value per edge ({self.n_edges}) per group")
+        edge_w = {g: None if edge_weights is None else edge_weights[g].unbind(0) for g in GROUPS}
         if self.channels_last or (self.channels_last is None and x.device.type == "cpu"):
             x = x.contiguous(memory_format=torch.channels_last)
         s0 = s1 = self.stem(x)
         if weights is not None:
-            rows = {group: [row.unbind(0) for row in self._checked(weights, group).unbind(0)] for group in GROUPS}
+            rows = {group: [row.unbind(0) for row in self._folded(weights, edge_weights, group).unbind(0)]
+                    for group in GROUPS}
             for cell, group in zip(self.cells, self._groups):
-                s0, s1 = s1, cell.forward_mixture(s0, s1, rows[group], self.skip_dropout)
+                s0, s1 = s1, cell.forward_mixture(s0, s1, rows[group], self.skip_dropout,
+                                                  None if self.partial_k == 1 else edge_w[group])
         else:
             choice = {group: self._path_list(path, group) for group in GROUPS}
             scales = {group: None if path_scale is None else path_scale[group].unbind(0) for group in GROUPS}
             for cell, group in zip(self.cells, self._groups):
-                s0, s1 = s1, cell.forward_path(s0, s1, choice[group], self.skip_dropout, scales[group])
+                s0, s1 = s1, cell.forward_path(s0, s1, choice[group], self.skip_dropout, scales[group], edge_w[group])
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(s1, 1), 1))
+
+    def _folded(self, weights: Weights, edge_weights: Weights | None, group: str) -> torch.Tensor:
+        """The group's mixture weights; without partial channels the edge weights fold into them (w[e] * b[e])."""
+        w = self._checked(weights, group)
+        return w if edge_weights is None or self.partial_k > 1 else w * edge_weights[group][:, None]
 
     def _checked(self, weights: Weights, group: str) -> torch.Tensor:
         w = weights[group]

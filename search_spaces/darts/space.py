@@ -34,6 +34,7 @@ from search_spaces.darts.networks import (
     SearchNetwork,
     eval_param_count,
 )
+from search_spaces.darts.partial_channels import check_partial_k
 from search_spaces.ops import DARTS_OPS, canonical_op_name
 
 # ----------------------------------------------------------------------------------------------
@@ -83,6 +84,7 @@ def derive_genotype(scores: dict[str, torch.Tensor], kept_ops: KeptOps, steps: i
 # ----------------------------------------------------------------------------------------------
 
 MIN_IMAGE_SIZE = 4  # two stride-2 reduction cells
+MIXTURES: tuple[str, ...] = ("full", "partial")  # model.mixture: every channel, or PC-DARTS's 1/K
 SKIP_DROPOUT_DECAY = 0.2  # P-DARTS: rate * exp(-0.2 * epochs since the warm-up ended)
 
 
@@ -113,6 +115,9 @@ class DartsModelConfig:
     max_skip: int = 2
     eval_C: int = 36
     eval_layers: int = 20
+    mixture: str = "full"  # "partial": PC-DARTS, every edge's ops run on 1/partial_k of its channels
+    partial_k: int = 4
+    edge_norm: bool = False  # PC-DARTS edge normalisation: learned weights of a node's input edges
 
     def validate(self) -> None:
         for name in ("normal_ops", "reduce_ops"):
@@ -128,6 +133,10 @@ class DartsModelConfig:
             raise UserError(f"model.C must be a positive even number (FactorizedReduce halves it), got {self.C}")
         if self.steps <= 0 or not 0 < self.multiplier <= self.steps or self.max_skip < 0:
             raise UserError("model.steps must be positive, 0 < model.multiplier <= model.steps, model.max_skip >= 0")
+        if self.mixture not in MIXTURES:
+            raise UserError(f"model.mixture must be one of {list(MIXTURES)}, got {self.mixture!r}")
+        if self.mixture == "partial":
+            check_partial_k(self.C, self.partial_k)
         nodes = [list(edges) for edges in node_edges(self.steps)]
         forced = skips_needed(CellLayout(nodes, [self.normal_ops] * edges_per_cell(self.steps), self.max_skip))[0]
         if forced > self.max_skip:
@@ -145,7 +154,8 @@ class DartsSpace(SearchSpace):
 
     def __init__(self, C: int, num_classes: int, in_channels: int, normal_ops: list[str], reduce_ops: list[str],
                  steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3, max_skip: int | None = 2,
-                 eval_C: int = 36, eval_layers: int = 20, image_size: int = 32):
+                 eval_C: int = 36, eval_layers: int = 20, image_size: int = 32, partial_k: int = 1,
+                 edge_norm: bool = False):
         check_positive(C=C, num_classes=num_classes, in_channels=in_channels, steps=steps, multiplier=multiplier,
                         stem_multiplier=stem_multiplier, eval_C=eval_C, eval_layers=eval_layers)
         if max_skip is not None and max_skip < 0:
@@ -154,6 +164,8 @@ class DartsSpace(SearchSpace):
         self.steps, self.multiplier, self.stem_multiplier = steps, multiplier, stem_multiplier
         self.max_skip, self.eval_C, self.eval_layers, self.image_size = max_skip, eval_C, eval_layers, image_size
         self.candidates = {"normal": self._ops("normal_ops", normal_ops), "reduce": self._ops("reduce_ops", reduce_ops)}
+        check_partial_k(C, partial_k)
+        self.partial_k, self.edge_normalised = partial_k, edge_norm
 
     eval_networks = NETWORKS
 
@@ -189,7 +201,8 @@ class DartsSpace(SearchSpace):
         m = sections["model"]
         return cls(C=m.C, num_classes=data.num_classes, in_channels=data.in_channels, normal_ops=m.normal_ops,
                    reduce_ops=m.reduce_ops, steps=m.steps, multiplier=m.multiplier, stem_multiplier=m.stem_multiplier,
-                   max_skip=m.max_skip, eval_C=m.eval_C, eval_layers=m.eval_layers, image_size=data.size)
+                   max_skip=m.max_skip, eval_C=m.eval_C, eval_layers=m.eval_layers, image_size=data.size,
+                   partial_k=m.partial_k if m.mixture == "partial" else 1, edge_norm=m.edge_norm)
 
     def regularise(self, model: nn.Module, rate: float, epoch: int, epochs: int, warmup: int) -> dict[str, float]:
         """P-DARTS dropout after identity skips, decayed within the stage."""
@@ -210,7 +223,7 @@ class DartsSpace(SearchSpace):
 
     def build_supernet(self, kept_ops: KeptOps, layers: int) -> SearchNetwork:
         return SearchNetwork(self.C, self.num_classes, layers, self.in_channels, kept_ops, self.steps,
-                             self.multiplier, self.stem_multiplier)
+                             self.multiplier, self.stem_multiplier, self.partial_k)
 
     def derive(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps, max_skip: int | None = None) -> Genotype:
         return derive_genotype(probs, kept_ops, self.steps, self.multiplier,
