@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import random
-from typing import Iterator
 
 import pytest
 import torch
@@ -56,13 +55,7 @@ def one_hot(path: dict[str, torch.Tensor], net: SearchNetwork) -> dict[str, torc
     return {group: F.one_hot(path[group], net.n_ops[group]).float().requires_grad_() for group in GROUPS}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Tiny tensors run fastest on one thread, and a shared 2-core machine does not stall on thread barriers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
 
 import pytest
 import torch
@@ -26,12 +25,7 @@ from search_spaces.ops import DARTS_OPS
 DIGITS = SimpleNamespace(in_channels=1, size=8, num_classes=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def space(**model: object) -> DartsSpace:
