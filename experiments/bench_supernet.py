@@ -14,16 +14,24 @@ Cases, each a median forward+backward step (cross-entropy on random data) after 
                (PyTorch's default layout).
   baseline_cl  the same reference mixture fed channels_last input, to separate the layout gain from the rest.
   controller   ReinforceController.sample(n) + update(paths, rewards), n = its default samples per update.
+  ref_darts    the reference DARTS code itself (quark0/darts, cnn/model_search.py's Network, all 8 ops, alphas
+               differentiated), imported from --reference-darts, a checkout outside this repository.
+  ref_pcdarts  the reference PC-DARTS code itself (yuhuixu1993/PC-DARTS, model_search.py's Network: K=4, edge
+               weights), imported from --reference-pcdarts. Both are run as published; only their hard-coded
+               .cuda() calls on the alphas are made no-ops on CPU while they are built.
 Step times are measured in this process with the cases interleaved round-robin (a load change on a shared
 machine hits every case alike); wall and process-CPU medians are both reported, the ratios use wall time.
 Peak memory is measured per case in its own subprocess (this script with the hidden --case flag), so the
 peaks do not mix: CUDA max_memory_allocated, or on CPU the growth of the peak RSS (VmHWM) over two steps.
 
     python experiments/bench_supernet.py [--C 16] [--layers 8] [--batch 32] [--size 32] [--partial-k 4] [--json OUT]
+        [--reference-darts DARTS/cnn] [--reference-pcdarts PC-DARTS]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import resource
 import statistics
@@ -31,7 +39,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path as FilePath
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -48,9 +56,14 @@ from search_spaces.ops import DARTS_OPS
 
 STEP_CASES = ("mixture", "partial", "path", "child", "baseline", "baseline_cl")
 CASES = STEP_CASES + ("controller",)
+REFERENCE_CASES = {"ref_darts": "reference_darts", "ref_pcdarts": "reference_pcdarts"}  # case: its folder option
+REFERENCE_MODULES = ("operations", "genotypes", "model_search")  # the top-level names both references use
+REFERENCE_PARTIAL_K = 4  # PC-DARTS's model_search hard-codes K=4
 TARGETS = {"path_over_child": ("<=", 1.10), "mixture_over_path": (">=", 4.0),
            "baseline_over_mixture": (">=", 1.3), "controller_fraction": ("<=", 0.02),
-           "baseline_over_partial": (">=", 4.0), "partial_memory_over_baseline": ("<=", 0.5)}
+           "baseline_over_partial": (">=", 4.0), "partial_memory_over_baseline": ("<=", 0.5),
+           "ref_darts_over_partial": (">=", 4.0), "partial_memory_over_ref_darts": ("<=", 0.5),
+           "ref_pcdarts_over_partial": (">=", 1.0)}
 STEPS, MULTIPLIER = 4, 4
 CONTROLLER_ROUNDS = 50
 MEMORY_STEPS = 2
@@ -107,8 +120,15 @@ def child_specs(path: dict[str, list[int]]) -> dict[str, CellSpec]:
     return specs
 
 
+def step_cases(args: argparse.Namespace) -> tuple[str, ...]:
+    """The step cases of this run: ours, then each reference whose folder was given."""
+    return STEP_CASES + tuple(case for case, option in REFERENCE_CASES.items() if getattr(args, option))
+
+
 def build_step(case: str, args: argparse.Namespace, path: dict[str, list[int]], device: torch.device) -> Step:
     """A closure running one forward+backward of `case` on a fixed random batch."""
+    if case in REFERENCE_CASES:
+        return build_reference_step(getattr(args, REFERENCE_CASES[case]), args, device)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
     if case == "child":
@@ -136,6 +156,47 @@ def build_step(case: str, args: argparse.Namespace, path: dict[str, list[int]], 
         return model(x, weights={g: torch.softmax(a, dim=-1) for g, a in alphas.items()}, **edges)
 
     return _train_step(list(model.parameters()) + list(alphas.values()) + list(betas.values()), forward, y)
+
+
+@contextlib.contextmanager
+def _cuda_calls_stay_on(device: torch.device) -> Iterator[None]:
+    """Make Tensor.cuda() a no-op while a reference network is built on CPU (its alphas call .cuda())."""
+    if device.type == "cuda":
+        yield
+        return
+    cuda = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = cuda  # type: ignore[method-assign]
+
+
+def load_reference(folder: FilePath):
+    """The `model_search` module of a reference checkout, imported from `folder` under its own top-level names.
+
+    Both references name their modules operations/genotypes/model_search, so those names are cleared before and
+    after the import: each loaded module keeps its own globals and the two can be timed in one process.
+    """
+    saved = {name: sys.modules.pop(name) for name in REFERENCE_MODULES if name in sys.modules}
+    sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module("model_search")
+    finally:
+        sys.path.remove(str(folder))
+        for name in REFERENCE_MODULES:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+
+
+def build_reference_step(folder: FilePath, args: argparse.Namespace, device: torch.device) -> Step:
+    """One forward+backward of a reference search Network (alphas, and PC-DARTS's betas, differentiated)."""
+    module = load_reference(folder)
+    with _cuda_calls_stay_on(device):
+        model = module.Network(args.C, 10, args.layers, torch.nn.CrossEntropyLoss()).to(device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    return _train_step(list(model.parameters()) + list(model.arch_parameters()), lambda: model(x), y)
 
 
 def _train_step(params: list[torch.Tensor], forward: Callable[[], torch.Tensor], y: torch.Tensor) -> Step:
@@ -172,14 +233,14 @@ def time_cases(args: argparse.Namespace, path: dict[str, list[int]]) -> dict[str
     """
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    steps = {case: build_step(case, args, path, device) for case in STEP_CASES}
+    steps = {case: build_step(case, args, path, device) for case in step_cases(args)}
     steps["controller"] = build_controller_step(args)
-    times: dict[str, list[tuple[float, float]]] = {case: [] for case in CASES}
+    times: dict[str, list[tuple[float, float]]] = {case: [] for case in steps}
     for _ in range(args.warmup):
         for step in steps.values():
             step()
     for _ in range(args.steps):
-        for case in STEP_CASES:
+        for case in step_cases(args):
             times[case].append(_timed(steps[case], device))
     times["controller"] = [_timed(steps["controller"], device) for _ in range(CONTROLLER_ROUNDS)]
     return {case: {"median_s": statistics.median(wall for wall, _ in pairs),
@@ -245,7 +306,8 @@ def memory_in_subprocess(case: str, args: argparse.Namespace, path: dict[str, li
 
 
 def _forwarded(args: argparse.Namespace) -> list[str]:
-    keys = ("C", "layers", "batch", "size", "steps", "warmup", "device", "seed", "threads", "partial_k")
+    keys = ("C", "layers", "batch", "size", "steps", "warmup", "device", "seed", "threads", "partial_k",
+            *REFERENCE_CASES.values())
     return [item for key in keys if getattr(args, key) is not None
             for item in (f"--{key.replace('_', '-')}", str(getattr(args, key)))]
 
@@ -262,11 +324,16 @@ def summarize(args: argparse.Namespace, path: dict[str, list[int]], cases: dict[
         "mixture_over_partial": t["mixture"] / t["partial"],
         "baseline_over_partial": t["baseline"] / t["partial"],
     }
-    if all("peak_memory_mib" in cases[case] for case in ("partial", "mixture", "baseline")):
-        memory = {case: max(cases[case]["peak_memory_mib"], MIN_MEMORY_MIB) for case in ("partial", "mixture",
-                                                                                          "baseline")}
-        ratios["partial_memory_over_mixture"] = memory["partial"] / memory["mixture"]
-        ratios["partial_memory_over_baseline"] = memory["partial"] / memory["baseline"]
+    for case in REFERENCE_CASES:
+        if case in t:
+            ratios[f"{case}_over_partial"] = t[case] / t["partial"]
+            ratios[f"{case}_over_mixture"] = t[case] / t["mixture"]
+    memory = {case: max(result["peak_memory_mib"], MIN_MEMORY_MIB) for case, result in cases.items()
+              if "peak_memory_mib" in result}
+    if "partial" in memory:
+        for case in ("mixture", "baseline", *REFERENCE_CASES):
+            if case in memory:
+                ratios[f"partial_memory_over_{case}"] = memory["partial"] / memory[case]
     met = {key: (ratios[key] <= bound if op == "<=" else ratios[key] >= bound) for key, (op, bound) in TARGETS.items()
            if key in ratios}
     settings = {key: getattr(args, key) for key in ("space", "C", "layers", "batch", "size", "steps", "warmup",
@@ -300,13 +367,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--partial-k", type=int, default=4, help="the partial case's K: ops on 1/K of the channels")
     parser.add_argument("--json", type=FilePath, default=None, help="write the report here")
-    parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--reference-darts", type=FilePath, default=None, metavar="DIR",
+                        help="a quark0/darts checkout's cnn/ folder: time its search Network beside ours")
+    parser.add_argument("--reference-pcdarts", type=FilePath, default=None, metavar="DIR",
+                        help="a yuhuixu1993/PC-DARTS checkout: time its search Network (K=4) beside ours")
+    parser.add_argument("--case", choices=CASES + tuple(REFERENCE_CASES), help=argparse.SUPPRESS)
     parser.add_argument("--case-path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for key in ("C", "layers", "batch", "size", "steps", "partial_k"):
         if getattr(args, key) < 1:
             raise UserError(f"--{key} must be at least 1, got {getattr(args, key)}")
     check_partial_k(args.C, args.partial_k)
+    for option in REFERENCE_CASES.values():
+        folder = getattr(args, option)
+        if folder is not None and not (folder / "model_search.py").is_file():
+            raise UserError(f"--{option.replace('_', '-')} {folder} has no model_search.py; pass the reference "
+                            "checkout's folder that holds it (quark0/darts: cnn/)")
+    if args.reference_pcdarts and args.partial_k != REFERENCE_PARTIAL_K:
+        raise UserError(f"the PC-DARTS reference hard-codes K={REFERENCE_PARTIAL_K}; use --partial-k "
+                        f"{REFERENCE_PARTIAL_K} with --reference-pcdarts")
     if args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -323,9 +402,9 @@ def main(argv: list[str] | None = None) -> None:
             print(peak_memory(args.case, args, json.loads(args.case_path)))
             return
         path = sample_path(args.seed)
-        print(f"timing {', '.join(CASES)} interleaved ...", file=sys.stderr, flush=True)
+        print(f"timing {', '.join(step_cases(args))}, controller interleaved ...", file=sys.stderr, flush=True)
         cases = time_cases(args, path)
-        for case in CASES:
+        for case in cases:
             print(f"peak memory of {case} ...", file=sys.stderr, flush=True)
             cases[case]["peak_memory_mib"] = memory_in_subprocess(case, args, path)
         report = summarize(args, path, cases)
