@@ -20,9 +20,7 @@ are written every `--report-every` cells and at the end:
 """
 from __future__ import annotations
 
-import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 
 from nas.benchmarks.nb201_table import TabularBenchmark
+from nas.benchmarks.score_log import ScoreLog, write_text_atomic
 from nas.core.data import load_dataset
 from nas.core.errors import OneLineParser, UserError, exit_on_user_error
 from nas.core.estimators.batches import image_batches
@@ -87,48 +86,6 @@ def stratified_codes(by_code: np.ndarray, count: int, seed: int) -> list[int]:
     return [int(c) for c in rng.permutation(picked)]
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temp file beside `path`, then os.replace it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-class RowLog:
-    """OUT/rows.csv: one row per scored (cell, seed), appended and fsynced at once; read back on resume."""
-
-    def __init__(self, path: Path, estimators: Sequence[str]):
-        self.path, self.estimators = path, list(estimators)
-        self.header = ["arch", "seed", *self.estimators, *(f"cpu_{name}" for name in self.estimators)]
-        if path.exists():
-            with open(path, newline="") as handle:
-                found = next(csv.reader(handle), [])
-            if found != self.header:
-                raise UserError(f"{path} holds rows of other estimators ({', '.join(found[2:])}); "
-                                "give a new --out or the same --estimators")
-        else:
-            write_atomic(path, ",".join(self.header) + "\n")
-
-    def rows(self) -> list[dict[str, Any]]:
-        """The complete rows so far (a row cut short by a crash is dropped)."""
-        with open(self.path, newline="") as handle:
-            out = []
-            for row in csv.DictReader(handle):
-                try:
-                    out.append({"arch": row["arch"], "seed": int(row["seed"]),
-                                **{k: float(row[k]) for k in self.header[2:]}})
-                except (TypeError, ValueError):
-                    continue
-            return out
-
-    def append(self, arch: str, seed: int, scored: dict[str, tuple[float, float]]) -> None:
-        values = [repr(scored[name][0]) for name in self.estimators] + [f"{scored[n][1]:.4f}" for n in self.estimators]
-        with open(self.path, "a", newline="") as handle:
-            handle.write(",".join([arch, str(seed), *values]) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
 def precision_at_top(scores: Sequence[float], truth: Sequence[float], fraction: float = TOP_FRACTION) -> float:
     """The share of the `fraction` best cells by score that are among the `fraction` best by the truth."""
     k = max(1, round(fraction * len(scores)))
@@ -164,13 +121,13 @@ def summarise(rows: list[dict[str, Any]], bench: TabularBenchmark, args: Any) ->
     return cells, results
 
 
-def report(log: RowLog, selected: set[str], bench: TabularBenchmark, args: Any, out: Path) -> dict:
+def report(log: ScoreLog, selected: set[str], bench: TabularBenchmark, args: Any, out: Path) -> dict:
     rows = [row for row in log.rows() if row["arch"] in selected and row["seed"] < args.seeds]
     cells, results = summarise(rows, bench, args)
     lines = [",".join(["arch", *args.estimators])]
     lines += [",".join([cell["arch"], *(repr(cell[name]) for name in args.estimators)]) for cell in cells]
-    write_atomic(out / "scores.csv", "\n".join(lines) + "\n")
-    write_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
+    write_text_atomic(out / "scores.csv", "\n".join(lines) + "\n")
+    write_text_atomic(out / "results.json", json.dumps(results, indent=1) + "\n")
     return results
 
 
@@ -181,7 +138,7 @@ def run(args: Any) -> dict:
     torch.set_num_threads(args.threads)
     codes = [int(c) for c in bench.codes] if args.all else stratified_codes(bench.by_code, args.cells, SELECTION_SEED)
     archs = [code_to_arch(code) for code in codes]
-    log = RowLog(out / "rows.csv", args.estimators)
+    log = ScoreLog(out / "rows.csv", args.estimators)
     if args.report_only:
         return report(log, set(archs), bench, args, out)
     done = {(row["arch"], row["seed"]) for row in log.rows()}

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, shared_path
+from conftest import ROOT, load_script, shared_path
 from torch import nn
 
 from nas.core.errors import UserError
@@ -125,7 +125,7 @@ def test_the_offline_ensemble_is_the_sum_of_log_ranks() -> None:
     assert scores == pytest.approx(expected)
 
 
-def run_script(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+def run_script(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
@@ -217,3 +217,25 @@ def test_every_estimator_scores_a_cell_cut_off_from_its_input(name: str) -> None
     torch.manual_seed(0)
     value = score(name, build_network(cut, C=4, cells_per_stage=1), tiny_batch())
     assert isinstance(value, float) and not math.isnan(value)
+
+
+def test_a_percentile_counts_the_share_below_with_ties_half() -> None:
+    percentile = load_script("darts_proxy_percentiles").percentile
+    assert percentile(2.5, [1.0, 2.0, 3.0, 4.0]) == 50.0
+    assert percentile(2.0, [1.0, 2.0, 3.0, 4.0]) == 37.5  # one below, one tied: 1.5 of 4
+    assert percentile(0.0, [1.0, 2.0]) == 0.0 and percentile(9.0, [1.0, 2.0]) == 100.0
+
+
+def test_the_published_genotypes_percentile_smoke_run_scores_each_once_and_resumes(tmp_path, shared_cifar10) -> None:
+    cmd = ["experiments/darts_proxy_percentiles.py", "--smoke", "--out", str(tmp_path), "--root",
+           str(shared_cifar10), "--estimators", "params,synflow"]
+    first = run_script(*cmd)
+    assert first.returncode == 0, first.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    published = results["estimators"]["params"]["published"]
+    assert len(published) == 7 and all(0.0 <= p["percentile"] <= 100.0 for p in published.values())
+    assert len((tmp_path / "random_genotypes.txt").read_text().splitlines()) == 6
+    rows = (tmp_path / "rows.csv").read_text()
+    assert len(rows.splitlines()) == 1 + 7 + 6
+    assert run_script(*cmd).returncode == 0
+    assert (tmp_path / "rows.csv").read_text() == rows, "a re-run scored genotypes it had already scored"
