@@ -14,11 +14,9 @@ EdgeNodes = dict[str, list[list[int]]]  # per group, the edges entering each int
 
 
 def edge_nodes(space: Any, kept_ops: KeptOps) -> EdgeNodes:
-    """The node layout of every group when the space normalises edges (`space.edge_normalised`), else {}."""
-    if not getattr(space, "edge_normalised", False):
-        return {}
-    layouts = space.cell_layout(kept_ops)
-    return {group: [list(edges) for edges in layout.node_edges] for group, layout in layouts.items()}
+    """The node layout of every group (`space.node_edges`) when the space normalises edges (`space.edge_normalised`),
+    else {}."""
+    return space.node_edges(kept_ops) if getattr(space, "edge_normalised", False) else {}
 
 
 def node_softmax(logits: torch.Tensor, nodes: Sequence[Sequence[int]]) -> torch.Tensor:

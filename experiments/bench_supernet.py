@@ -49,10 +49,10 @@ from controllers.reinforce import ReinforceConfig, ReinforceController
 from nas.core.errors import UserError, exit_on_user_error
 from search_spaces.darts.geometry import GROUPS, CellSpec, edges_per_cell, node_edges
 from search_spaces.darts.networks import FixedNetwork, SearchNetwork
-from search_spaces.darts.partial_channels import check_partial_k
 from search_spaces.darts.space import DartsSpace
 from search_spaces.depthwise import Depthwise
 from search_spaces.ops import DARTS_OPS
+from search_spaces.partial_channels import check_partial_k
 
 STEP_CASES = ("mixture", "partial", "path", "child", "baseline", "baseline_cl")
 CASES = STEP_CASES + ("controller",)

@@ -7,7 +7,8 @@
     with uniform sampling over the table's isomorphism classes instead of over ops, and with path dropout.
 (b) Search: every controller through search.py's own entry (search.main, in worker processes), several seeds:
     DARTS first and second order, GDAS, REINFORCE with each behaviour policy, P-DARTS progressive dropping and
-    random search with parameter sharing (the rsps controller). The table judges each found cell at the end only.
+    random search with parameter sharing (the rsps controller), PC-DARTS (partial channels K=4, edge
+    normalisation, first order). The table judges each found cell at the end only.
 
     python experiments/nb201_weight_sharing.py --smoke          # every method and the ranking, ~2 min on 2 cores
     python experiments/nb201_weight_sharing.py                  # the default benchmark, ~60 min on 2 cores
@@ -52,9 +53,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments" / "nb201_quick.yaml"
 TABLE = ROOT.parent / "shared" / "data" / "nb201" / "nb201_cifar10.csv"
 PDARTS_STAGES = 3  # the controllers' per-stage defaults are lists of 3
-METHODS = ("darts_v1", "darts_v2", "gdas", *(f"reinforce_{b}" for b in REINFORCE_BEHAVIOURS), "pdarts", "rsps")
+METHODS = ("darts_v1", "darts_v2", "gdas", *(f"reinforce_{b}" for b in REINFORCE_BEHAVIOURS), "pdarts", "rsps",
+           "pcdarts")
 # Expected cost per epoch in single-path steps (REINFORCE: 2.5), to start the longest jobs of a round first.
-COST = {"darts_v1": 12.0, "darts_v2": 30.0, "gdas": 2.0, "pdarts": 8.0, "rsps": 1.2}
+COST = {"darts_v1": 12.0, "darts_v2": 30.0, "gdas": 2.0, "pdarts": 8.0, "rsps": 1.2, "pcdarts": 6.0}
 # The ranking's supernet trainings, as changes to the preset's RankingSetting. The first (uniform over ops) is scored
 # after each of the setting's score_epochs, the others after the last epoch only.
 VARIANTS: dict[str, dict[str, Any]] = {"uniform_ops": {}, "uniform_cells": {"sampling": "cells"},
@@ -129,6 +131,9 @@ def method_overrides(method: str, p: SearchPreset) -> list[str]:
         return ["controller=gradient", *stages(p.pdarts_epochs, [0] * len(p.pdarts_epochs), [3, 2, 1])]
     if method == "rsps":
         return ["controller=rsps", f"rsps.candidates={p.rsps_candidates}", *one]
+    if method == "pcdarts":  # PC-DARTS: first order, the ops on 1/4 of every edge's channels, edge normalisation
+        return ["controller=gradient", "gradient.order=1", "model.mixture=partial", "model.partial_k=4",
+                "model.edge_norm=true", *one]
     raise UserError(f"unknown method {method!r}; choose from: {', '.join(METHODS)}")
 
 

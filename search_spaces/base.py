@@ -99,6 +99,12 @@ class SearchSpace(ABC):
         space whose nodes choose two inputs)."""
         return None
 
+    def node_edges(self, kept_ops: KeptOps) -> dict[str, list[list[int]]]:
+        """Per group, the edges entering each node, for PC-DARTS edge normalisation (default: those of
+        `cell_layout`; none without one)."""
+        return {group: [list(edges) for edges in layout.node_edges]
+                for group, layout in (self.cell_layout(kept_ops) or {}).items()}
+
     @abstractmethod
     def path_architecture(self, path: OpIndices, kept_ops: KeptOps) -> Any:
         """The architecture a single path runs."""

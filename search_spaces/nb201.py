@@ -28,6 +28,7 @@ from nas.core.arch_types import NONE_OP, OpIndices
 from nas.core.errors import UserError
 from search_spaces.base import DataShape, KeptOps, SearchSpace
 from search_spaces.ops import PreActivated, ReLUConvBN, build_op
+from search_spaces.partial_channels import check_mixture, check_partial_k, partial_edge
 
 NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 NODES = 4  # node 0 is the cell's input, node 3 its output
@@ -142,34 +143,50 @@ def _checked_kept(kept_ops: KeptOps) -> list[list[str]]:
 # ----------------------------------------------------------------------------------------------
 
 class NB201Cell(nn.Module):
-    """4 nodes, 6 edges holding their kept ops; returns node 3. `none` is never computed."""
+    """4 nodes, 6 edges holding their kept ops; returns node 3. `none` is never computed. With `partial_k` > 1
+    (PC-DARTS) the edges' ops are built for C/K channels and the mixture runs them on a random C/K of each input."""
 
-    def __init__(self, kept: list[list[str]], C: int, affine: bool):
+    def __init__(self, kept: list[list[str]], C: int, affine: bool, partial_k: int = 1):
         super().__init__()
+        self.partial_k = partial_k
         self.edges = nn.ModuleList(
-            nn.ModuleList(build_op(_REGISTRY_NAME.get(op, op), C, 1, affine) for op in ops) for ops in kept)
+            nn.ModuleList(build_op(_REGISTRY_NAME.get(op, op), C // partial_k, 1, affine) for op in ops)
+            for ops in kept)
         # Plain views for the hot loops: per edge, the op of each kept index (None for `none`).
         self._ops = [[None if name == NONE_OP else op for op, name in zip(edge, names)]
                      for edge, names in zip(self.edges, kept)]
 
-    def forward_mixture(self, x: torch.Tensor, w: list[Sequence[torch.Tensor]]) -> torch.Tensor:
-        """Every node sums w[e][k] * op_k(input) over its edges' kept ops; ReLU-first ops share one ReLU."""
+    def forward_mixture(self, x: torch.Tensor, w: list[Sequence[torch.Tensor]],
+                        edge_w: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Every node sums w[e][k] * op_k(input) over its edges' kept ops; ReLU-first ops share one ReLU. With
+        partial channels (K > 1) each edge's sum runs on C/K channels (partial_edge), times edge_w[e] if given."""
         nodes = [x]
         for pairs in INCOMING:
             acc = None
             for e, j in pairs:
-                source, relu_source = nodes[j], None
-                for k, op in enumerate(self._ops[e]):
-                    if op is None:
-                        continue
-                    if isinstance(op, PreActivated):
-                        relu_source = F.relu(source) if relu_source is None else relu_source
-                        y = op.body(relu_source)
-                    else:
-                        y = op(source)
-                    acc = y * w[e][k] if acc is None else acc.addcmul_(y, w[e][k])
+                if self.partial_k == 1:
+                    acc = self._mix(nodes[j], e, w[e], acc)
+                    continue
+                y = partial_edge(nodes[j], self.partial_k, 1, functools.partial(self._mix, e=e, w_e=w[e], acc=None))
+                y = y if edge_w is None else y * edge_w[e]
+                acc = y if acc is None else acc.add_(y)
             nodes.append(torch.zeros_like(x) if acc is None else acc)
         return nodes[-1]
+
+    def _mix(self, source: torch.Tensor, e: int, w_e: Sequence[torch.Tensor],
+             acc: torch.Tensor | None) -> torch.Tensor | None:
+        """acc + sum_k w_e[k] * op_k(source) over edge e's non-none ops, in place (None: no op ran, acc was None)."""
+        relu_source = None
+        for k, op in enumerate(self._ops[e]):
+            if op is None:
+                continue
+            if isinstance(op, PreActivated):
+                relu_source = F.relu(source) if relu_source is None else relu_source
+                y = op.body(relu_source)
+            else:
+                y = op(source)
+            acc = y * w_e[k] if acc is None else acc.addcmul_(y, w_e[k])
+        return acc
 
     def forward_path(self, x: torch.Tensor, path: list[int], scale: Sequence[torch.Tensor] | None) -> torch.Tensor:
         """Every node sums the chosen op of each of its edges, times scale[e] if given; `none` and off edges add
@@ -218,16 +235,21 @@ def _top_channels(C: int) -> int:
 class NB201Network(nn.Module):
     """Stem, 3 x N cells with residual reductions, classifier; every cell shares one architecture.
 
-    forward(x, weights=None, path=None, path_scale=None): `weights={"cell": [6, K]}` mixes every kept op,
-    `path={"cell": LongTensor[6]}` runs one op per edge (-1: the edge is off), `path_scale={"cell": [6]}` (with
-    `path`) multiplies each edge's output by a differentiable weight of its op (GDAS); neither is needed when every
-    edge keeps a single op (the benchmark's network). On CPU the input goes channels_last, which every layer keeps
-    (a search step runs about 1.7x faster).
+    forward(x, weights=None, path=None, path_scale=None, edge_weights=None): `weights={"cell": [6, K]}` mixes every
+    kept op, `path={"cell": LongTensor[6]}` runs one op per edge (-1: the edge is off), `path_scale={"cell": [6]}`
+    (with `path`) multiplies each edge's output by a differentiable weight of its op (GDAS); neither is needed when
+    every edge keeps a single op (the benchmark's network). `edge_weights={"cell": [6]}` (PC-DARTS edge
+    normalisation) multiplies each edge's output too: folded into the op weights of the full mixture and into the
+    path's scale. `partial_k` > 1 runs the mixture's ops on a random 1/K of every edge's channels (PC-DARTS,
+    search_spaces/partial_channels.py); such a supernet runs no single path. On CPU the input goes channels_last,
+    which every layer keeps (a search step runs about 1.7x faster).
     """
 
     def __init__(self, kept_ops: KeptOps, C: int = 16, cells_per_stage: int = 1, num_classes: int = 10,
-                 in_channels: int = 3, affine: bool = False):
+                 in_channels: int = 3, affine: bool = False, partial_k: int = 1):
         super().__init__()
+        check_partial_k(C, partial_k, multiple=1)
+        self.partial_k = partial_k
         kept = _checked_kept(kept_ops)
         self.n_ops = len(kept[0])
         self.stem = _stem(in_channels, C)
@@ -236,34 +258,56 @@ class NB201Network(nn.Module):
             width = C * 2 ** stage
             if stage:
                 blocks.append(ResidualReduction(width // 2, width))
-            blocks.extend(NB201Cell(kept, width, affine) for _ in range(cells_per_stage))
+            blocks.extend(NB201Cell(kept, width, affine, partial_k) for _ in range(cells_per_stage))
         self.blocks = nn.ModuleList(blocks)
         self._is_cell = [isinstance(block, NB201Cell) for block in blocks]
         self.head = _head(_top_channels(C))
         self.classifier = nn.Linear(_top_channels(C), num_classes)
 
     def forward(self, x: torch.Tensor, weights: dict[str, torch.Tensor] | None = None, path: OpIndices | None = None,
-                path_scale: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                path_scale: dict[str, torch.Tensor] | None = None,
+                edge_weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         if weights is not None and path is not None:
             raise UserError("pass weights= (mixture) or path= (single path), not both")
         if path_scale is not None and (path is None or tuple(path_scale[GROUP].shape) != (len(EDGES),)):
             raise UserError(f"path_scale= goes with path= and holds one value per edge ({len(EDGES)})")
         if weights is None and path is None and self.n_ops != 1:
             raise UserError("this supernet keeps several ops per edge: pass weights= or path=")
+        if weights is None and self.partial_k > 1:
+            raise UserError("an NB201 supernet with model.mixture: partial runs no single path; use the gradient "
+                            "controller, or model.mixture: full with a sampling controller")
         if x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        rows = None if weights is None else [row.unbind(0) for row in self._checked_weights(weights).unbind(0)]
+        edge_w = self._checked_edge_weights(edge_weights)
+        partial_edge_w = None if edge_w is None or self.partial_k == 1 else edge_w.unbind(0)
+        rows = None if weights is None else [row.unbind(0) for row in self._mixture_weights(weights, edge_w).unbind(0)]
         choice = [0] * len(EDGES) if path is None else self._path_list(path)
+        if edge_w is not None and path is not None:  # the edge weight multiplies the output as the scale does
+            path_scale = {GROUP: edge_w if path_scale is None else path_scale[GROUP] * edge_w}
         scale = None if path_scale is None else path_scale[GROUP].unbind(0)
         x = self.stem(x)
         for block, is_cell in zip(self.blocks, self._is_cell):
             if not is_cell:
                 x = block(x)
             elif rows is not None:
-                x = block.forward_mixture(x, rows)
+                x = block.forward_mixture(x, rows, partial_edge_w)
             else:
                 x = block.forward_path(x, choice, scale)
         return self.classifier(self.head(x))
+
+    @staticmethod
+    def _checked_edge_weights(edge_weights: dict[str, torch.Tensor] | None) -> torch.Tensor | None:
+        if edge_weights is None:
+            return None
+        if tuple(edge_weights[GROUP].shape) != (len(EDGES),):
+            raise UserError(f"edge_weights= holds one value per edge ({len(EDGES)}), got "
+                            f"{tuple(edge_weights[GROUP].shape)}")
+        return edge_weights[GROUP]
+
+    def _mixture_weights(self, weights: dict[str, torch.Tensor], edge_w: torch.Tensor | None) -> torch.Tensor:
+        """The checked mixture weights; without partial channels the edge weights fold into them (w[e] * b[e])."""
+        w = self._checked_weights(weights)
+        return w if edge_w is None or self.partial_k > 1 else w * edge_w[:, None]
 
     def _checked_weights(self, weights: dict[str, torch.Tensor]) -> torch.Tensor:
         w = weights[GROUP]
@@ -368,17 +412,22 @@ def _check_image_size(size: int) -> None:
 @dataclass
 class NB201ModelConfig:
     """The `model:` section of an NB201 search: the supernet's width C (its cells per stage are `stages.layers`),
-    and the network whose parameters and FLOPs the search reports and rewards (the benchmark's: C=16, N=5)."""
+    its mixture (PC-DARTS partial channels and edge normalisation, as in the DARTS space), and the network whose
+    parameters and FLOPs the search reports and rewards (the benchmark's: C=16, N=5)."""
 
     C: int = 16
     eval_C: int = EVAL_C
     eval_N: int = EVAL_N
+    mixture: str = "full"  # "partial": PC-DARTS, every edge's ops run on 1/partial_k of its channels
+    partial_k: int = 4  # C must be divisible by K (NB201 never halves a cell's width)
+    edge_norm: bool = False  # PC-DARTS edge normalisation: learned weights of a node's input edges
 
     def validate(self) -> None:
         for key in ("C", "eval_C", "eval_N"):
             value = getattr(self, key)
             if value < 1:
                 raise UserError(f"model.{key} must be a positive integer, got {value}")
+        check_mixture(self.mixture, self.C, self.partial_k, multiple=1)
 
 
 class NB201Space(SearchSpace):
@@ -387,7 +436,9 @@ class NB201Space(SearchSpace):
     Derivation takes the most probable op of every edge, `none` included (the benchmark's convention), so op
     dropping never drops `none` first either. There is no skip limit and no regulariser (`regularise` returns {}:
     stages.skip_dropout does nothing here). A cell runs every edge, so there is no cell layout: REINFORCE samples
-    NB201 cells with `reinforce.sample: edges`.
+    NB201 cells with `reinforce.sample: edges`. With `model.edge_norm` each node's input edges get learned weights
+    (a softmax over the node's inputs; node 1 has one input, so its edge weighs 1); the derivation then ranks
+    alpha times beta, which picks the same op per edge as alpha alone, since every edge is kept.
     """
 
     name = "nb201"
@@ -406,9 +457,10 @@ class NB201Space(SearchSpace):
     code_indices = staticmethod(code_indices)
 
     def __init__(self, C: int = 16, num_classes: int = 10, in_channels: int = 3, eval_C: int = EVAL_C,
-                 eval_N: int = EVAL_N, image_size: int = 32):
+                 eval_N: int = EVAL_N, image_size: int = 32, partial_k: int = 1, edge_norm: bool = False):
         self.C, self.num_classes, self.in_channels = C, num_classes, in_channels
         self.eval_C, self.eval_N, self.image_size = eval_C, eval_N, image_size
+        self.partial_k, self.edge_normalised = partial_k, edge_norm
 
     @classmethod
     def ops_per_edge(cls, sections: dict[str, Any]) -> int:
@@ -419,7 +471,8 @@ class NB201Space(SearchSpace):
         _check_image_size(data.size)
         m = sections["model"]
         return cls(C=m.C, num_classes=data.num_classes, in_channels=data.in_channels, eval_C=m.eval_C,
-                   eval_N=m.eval_N, image_size=data.size)
+                   eval_N=m.eval_N, image_size=data.size, partial_k=m.partial_k if m.mixture == "partial" else 1,
+                   edge_norm=m.edge_norm)
 
     @classmethod
     def eval_network(cls, arch: str, data: DataShape, C: int = EVAL_C, layers: int = EVAL_N) -> NB201Network:
@@ -435,7 +488,11 @@ class NB201Space(SearchSpace):
         return {GROUP: [list(NB201_OPS) for _ in EDGES]}
 
     def build_supernet(self, kept_ops: KeptOps, layers: int) -> NB201Network:
-        return NB201Network(kept_ops, self.C, layers, self.num_classes, self.in_channels)
+        return NB201Network(kept_ops, self.C, layers, self.num_classes, self.in_channels, partial_k=self.partial_k)
+
+    def node_edges(self, kept_ops: KeptOps) -> dict[str, list[list[int]]]:
+        """Per node 1..3, its input edges."""
+        return {GROUP: [[e for e, _ in pairs] for pairs in INCOMING]}
 
     def prune(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps, n_keep: int, drop_none_first: bool) -> KeptOps:
         """P-DARTS op dropping; `none` is an NB201 op like any other, so it is never dropped first."""

@@ -18,9 +18,9 @@ from nas.core.errors import UserError
 from nas.core.records import read_record
 from nas.engine.search_config import SearchConfig
 from search_spaces.darts.geometry import GROUPS
-from search_spaces.darts.partial_channels import channel_shuffle, draw_channels, partial_edge
 from search_spaces.darts.space import DartsModelConfig, DartsSpace
 from search_spaces.ops import DARTS_OPS
+from search_spaces.partial_channels import channel_shuffle, draw_channels, partial_edge
 
 DIGITS = SimpleNamespace(in_channels=1, size=8, num_classes=10)
 

@@ -122,10 +122,11 @@ def test_controller_runs_steps_outputs_and_round_trips_its_state(name: str, spac
     assert all(torch.equal(a, b) for a, b in zip(controller.parameters(), restored.parameters()))
 
 
-PARTIAL = ("model.mixture=partial", "model.partial_k=2", "model.edge_norm=true")  # PC-DARTS, K=2 at C=4
+PARTIAL = ("model.mixture=partial", "model.partial_k=2", "model.edge_norm=true")  # PC-DARTS, K=2 at C=4 (both spaces)
 RESUME_CASES = ([("darts", name, ()) for name in CONTROLLERS] + [(name, "gradient", ()) for name in SPACES
                                                                  if name != "darts"]
-                + [("darts", "gradient", (*PARTIAL, "gradient.order=2")), ("darts", "gdas", PARTIAL)])
+                + [("darts", "gradient", (*PARTIAL, "gradient.order=2")), ("darts", "gdas", PARTIAL),
+                   ("nb201", "gradient", PARTIAL)])
 
 
 @pytest.mark.parametrize("space_name, name, extra", RESUME_CASES,

@@ -33,7 +33,6 @@ from search_spaces.darts.geometry import (
     out_channels,
     stem_conv,
 )
-from search_spaces.darts.partial_channels import check_partial_k, partial_edge
 from search_spaces.ops import (
     FactorizedReduce,
     Identity,
@@ -42,6 +41,7 @@ from search_spaces.ops import (
     build_op,
     is_pool,
 )
+from search_spaces.partial_channels import check_partial_k, partial_edge
 
 # How a supernet edge runs one of its ops (decided once at build time).
 _NONE, _PRE, _SKIP, _PLAIN = range(4)

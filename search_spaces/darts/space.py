@@ -34,8 +34,8 @@ from search_spaces.darts.networks import (
     SearchNetwork,
     eval_param_count,
 )
-from search_spaces.darts.partial_channels import check_partial_k
 from search_spaces.ops import DARTS_OPS, canonical_op_name
+from search_spaces.partial_channels import check_mixture, check_partial_k
 
 # ----------------------------------------------------------------------------------------------
 # Derivation and op dropping
@@ -84,7 +84,6 @@ def derive_genotype(scores: dict[str, torch.Tensor], kept_ops: KeptOps, steps: i
 # ----------------------------------------------------------------------------------------------
 
 MIN_IMAGE_SIZE = 4  # two stride-2 reduction cells
-MIXTURES: tuple[str, ...] = ("full", "partial")  # model.mixture: every channel, or PC-DARTS's 1/K
 SKIP_DROPOUT_DECAY = 0.2  # P-DARTS: rate * exp(-0.2 * epochs since the warm-up ended)
 
 
@@ -133,10 +132,7 @@ class DartsModelConfig:
             raise UserError(f"model.C must be a positive even number (FactorizedReduce halves it), got {self.C}")
         if self.steps <= 0 or not 0 < self.multiplier <= self.steps or self.max_skip < 0:
             raise UserError("model.steps must be positive, 0 < model.multiplier <= model.steps, model.max_skip >= 0")
-        if self.mixture not in MIXTURES:
-            raise UserError(f"model.mixture must be one of {list(MIXTURES)}, got {self.mixture!r}")
-        if self.mixture == "partial":
-            check_partial_k(self.C, self.partial_k)
+        check_mixture(self.mixture, self.C, self.partial_k)
         nodes = [list(edges) for edges in node_edges(self.steps)]
         forced = skips_needed(CellLayout(nodes, [self.normal_ops] * edges_per_cell(self.steps), self.max_skip))[0]
         if forced > self.max_skip:

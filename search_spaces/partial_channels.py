@@ -1,4 +1,5 @@
-"""PC-DARTS partial channels (Xu et al., ICLR 2020): an edge runs its ops on 1/K of its input channels.
+"""PC-DARTS partial channels (Xu et al., ICLR 2020): an edge runs its ops on 1/K of its input channels. Any cell
+space can use it (the DARTS and NB201 spaces do).
 
 On every forward each edge draws C/K of its C input channels at random (torch's global CPU generator, which the
 search seeds and checkpoints, and which the second-order step replays, so a resumed or replayed pass draws the
@@ -16,12 +17,23 @@ import torch.nn.functional as F
 from nas.core.errors import UserError
 
 EdgeOps = Callable[[torch.Tensor], "torch.Tensor | None"]  # the ops of an edge on the drawn channels (None: zero)
+MIXTURES: tuple[str, ...] = ("full", "partial")  # model.mixture: every channel, or PC-DARTS's 1/K
 
 
-def check_partial_k(C: int, partial_k: int) -> None:
-    """An edge's 1/K share of channels must be even at every cell width (FactorizedReduce halves it)."""
-    if partial_k < 1 or C % (2 * partial_k):
-        raise UserError(f"the partial channel fraction 1/K needs C divisible by 2K; got C={C}, K={partial_k}")
+def check_partial_k(C: int, partial_k: int, multiple: int = 2) -> None:
+    """An edge's 1/K share of C channels must be a multiple of `multiple` channels (DARTS: 2, since its
+    FactorizedReduce halves a cell's width)."""
+    if partial_k < 1 or C % (multiple * partial_k):
+        need = "K" if multiple == 1 else f"{multiple}K"
+        raise UserError(f"the partial channel fraction 1/K needs C divisible by {need}; got C={C}, K={partial_k}")
+
+
+def check_mixture(mixture: str, C: int, partial_k: int, multiple: int = 2) -> None:
+    """UserError unless `model.mixture` is one of MIXTURES and, when partial, K fits C (check_partial_k)."""
+    if mixture not in MIXTURES:
+        raise UserError(f"model.mixture must be one of {list(MIXTURES)}, got {mixture!r}")
+    if mixture == "partial":
+        check_partial_k(C, partial_k, multiple)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
