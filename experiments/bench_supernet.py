@@ -13,13 +13,21 @@ Cases, each a median forward+backward step (cross-entropy on random data) after 
                zeros, a ReLU per op, Python sums per edge and node, plain nn.Conv2d dilated convs, in NCHW
                (PyTorch's default layout).
   baseline_cl  the same reference mixture fed channels_last input, to separate the layout gain from the rest.
-  controller   ReinforceController.sample(n) + update(paths, rewards), n = its default samples per update.
+  nb201_path   the NAS-Bench-201 supernet (search_spaces/nb201.py, all 5 ops kept, --C channels, --nb201-cells cells
+               per stage) running one uniformly sampled op per edge (`none` included), as a REINFORCE weight step
+  nb201_child  the stand-alone child of that path: the space's evaluation network of that cell (build_network, same
+               C and cells). It is the floor for (nb201_path).
+  controller   what a REINFORCE search (the default config: genotype samples, 4 per update, one update per
+               weight step, parameter and FLOP costs) pays its controller per search step: the weight step's path
+               draw plus the whole arch step (sample, cost each sample, update), with the supernet's scoring of
+               the samples replaced by a stub that returns fixed logits (that forward is the supernet's time).
 Step times are measured in this process with the cases interleaved round-robin (a load change on a shared
 machine hits every case alike); wall and process-CPU medians are both reported, the ratios use wall time.
 Peak memory is measured per case in its own subprocess (this script with the hidden --case flag), so the
 peaks do not mix: CUDA max_memory_allocated, or on CPU the growth of the peak RSS (VmHWM) over two steps.
 
-    python experiments/bench_supernet.py [--C 16] [--layers 8] [--batch 32] [--size 32] [--partial-k 4] [--json OUT]
+    python experiments/bench_supernet.py [--C 16] [--layers 8] [--batch 32] [--size 32] [--partial-k 4]
+        [--nb201-cells 5] [--cases path,child,...] [--json OUT]
 """
 from __future__ import annotations
 
@@ -36,23 +44,34 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from controllers.base import ArchStepContext, StageContext
 from controllers.edge_weights import node_softmax
 from controllers.reinforce import ReinforceConfig, ReinforceController
+from controllers.reward import RewardConfig
 from nas.core.errors import UserError, exit_on_user_error
 from search_spaces.darts.geometry import GROUPS, CellSpec, edges_per_cell, node_edges
 from search_spaces.darts.networks import FixedNetwork, SearchNetwork
 from search_spaces.darts.partial_channels import check_partial_k
 from search_spaces.darts.space import DartsSpace
 from search_spaces.depthwise import Depthwise
+from search_spaces.nb201 import EDGES as NB201_EDGES
+from search_spaces.nb201 import GROUP as NB201_GROUP
+from search_spaces.nb201 import NB201_OPS, NB201Network, build_network, path_to_arch
 from search_spaces.ops import DARTS_OPS
 
-STEP_CASES = ("mixture", "partial", "path", "child", "baseline", "baseline_cl")
+STEP_CASES = ("mixture", "partial", "path", "child", "baseline", "baseline_cl", "nb201_path", "nb201_child")
 CASES = STEP_CASES + ("controller",)
-TARGETS = {"path_over_child": ("<=", 1.10), "mixture_over_path": (">=", 4.0),
-           "baseline_over_mixture": (">=", 1.3), "controller_fraction": ("<=", 0.02),
+TARGETS = {"path_over_child": ("<=", 1.05), "nb201_path_over_child": ("<=", 1.05), "mixture_over_path": (">=", 4.0),
+           "baseline_over_mixture": (">=", 1.3), "controller_fraction": ("<=", 0.005),
            "baseline_over_partial": (">=", 4.0), "partial_memory_over_baseline": ("<=", 0.5)}
+RATIOS = {  # ratio -> (numerator case, denominator case), of the median step times
+    "path_over_child": ("path", "child"), "nb201_path_over_child": ("nb201_path", "nb201_child"),
+    "mixture_over_path": ("mixture", "path"), "baseline_over_mixture": ("baseline", "mixture"),
+    "baseline_cl_over_mixture": ("baseline_cl", "mixture"), "controller_fraction": ("controller", "path"),
+    "mixture_over_partial": ("mixture", "partial"), "baseline_over_partial": ("baseline", "partial")}
 STEPS, MULTIPLIER = 4, 4
 CONTROLLER_ROUNDS = 50
+CONTROLLER_STAGES = 3  # the default config's stages (reinforce.epsilon has one value per stage)
 MEMORY_STEPS = 2
 MIN_MEMORY_MIB = 0.1  # a peak growth below this (a tiny case on CPU) counts as this in the memory ratios
 Step = Callable[[], None]
@@ -89,10 +108,13 @@ def all_ops_kept() -> dict[str, list[list[str]]]:
 
 
 def sample_path(seed: int) -> dict[str, list[int]]:
-    """One op index per edge, uniform over the 8 DARTS ops (the path (b) and (c) share)."""
+    """One op index per edge, uniform over the 8 DARTS ops per DARTS group (path and child share it), and under
+    "nb201" uniform over the 5 NB201 ops per edge of the NB201 cell (nb201_path and nb201_child share it)."""
     gen = torch.Generator().manual_seed(seed)
-    return {group: torch.randint(0, len(DARTS_OPS), (edges_per_cell(STEPS),), generator=gen).tolist()
+    path = {group: torch.randint(0, len(DARTS_OPS), (edges_per_cell(STEPS),), generator=gen).tolist()
             for group in GROUPS}
+    path["nb201"] = torch.randint(0, len(NB201_OPS), (len(NB201_EDGES),), generator=gen).tolist()
+    return path
 
 
 def child_specs(path: dict[str, list[int]]) -> dict[str, CellSpec]:
@@ -111,6 +133,8 @@ def build_step(case: str, args: argparse.Namespace, path: dict[str, list[int]], 
     """A closure running one forward+backward of `case` on a fixed random batch."""
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
+    if case.startswith("nb201"):
+        return build_nb201_step(case, args, path["nb201"], x, y)
     if case == "child":
         child = FixedNetwork(child_specs(path), args.C, 10, args.layers, 3, affine=False, pool_bn=True).to(device)
         x_child = x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
@@ -138,6 +162,18 @@ def build_step(case: str, args: argparse.Namespace, path: dict[str, list[int]], 
     return _train_step(list(model.parameters()) + list(alphas.values()) + list(betas.values()), forward, y)
 
 
+def build_nb201_step(case: str, args: argparse.Namespace, path: list[int], x: torch.Tensor,
+                     y: torch.Tensor) -> Step:
+    """The NB201 supernet running `path` (nb201_path), or that path's stand-alone network (nb201_child)."""
+    path_t = {NB201_GROUP: torch.tensor(path)}
+    if case == "nb201_child":
+        child = build_network(path_to_arch(path_t), args.C, args.nb201_cells).to(x.device)
+        return _train_step(list(child.parameters()), lambda: child(x), y)
+    kept = {NB201_GROUP: [list(NB201_OPS) for _ in NB201_EDGES]}
+    model = NB201Network(kept, args.C, args.nb201_cells).to(x.device)
+    return _train_step(list(model.parameters()), lambda: model(x, path=path_t), y)
+
+
 def _train_step(params: list[torch.Tensor], forward: Callable[[], torch.Tensor], y: torch.Tensor) -> Step:
     """Zero the gradients (walking a flat list, as an optimizer does), forward, cross-entropy, backward."""
     def step() -> None:
@@ -148,40 +184,61 @@ def _train_step(params: list[torch.Tensor], forward: Callable[[], torch.Tensor],
     return step
 
 
+class ScoringStub(torch.nn.Module):
+    """Stands in for the supernet when the arch step scores its samples: random logits, whatever the path."""
+
+    def __init__(self, batch: int, seed: int):
+        super().__init__()
+        self.batch, self.generator = batch, torch.Generator().manual_seed(seed)
+
+    def forward(self, x: torch.Tensor, path: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.randn(self.batch, 10, generator=self.generator)
+
+
 def build_controller_step(args: argparse.Namespace) -> Step:
-    """One controller round: sample its default number of paths, update on random rewards."""
-    shapes = {group: (edges_per_cell(STEPS), len(DARTS_OPS)) for group in GROUPS}
-    cfg = ReinforceConfig()  # samples genotypes, the default
+    """The controller's part of one REINFORCE search step (default config, stage 0): the weight step's path draw,
+    then the arch step (sample, cost, score with the stub, update)."""
+    sections = {"reinforce": ReinforceConfig(), "reward": RewardConfig()}  # genotype samples, 4 per update
+    for section in sections.values():
+        section.validate(CONTROLLER_STAGES)
     space = DartsSpace(C=args.C, num_classes=10, in_channels=3, normal_ops=list(DARTS_OPS), reduce_ops=list(DARTS_OPS))
-    controller = ReinforceController(shapes, cfg, stage=0, generator=torch.Generator().manual_seed(args.seed),
-                                     layouts=space.cell_layout(space.initial_kept_ops()))
-    rewards = torch.Generator().manual_seed(args.seed + 1)
+    controller = ReinforceController.from_config(StageContext(
+        sections, space, space.initial_kept_ops(), stage=0, num_stages=CONTROLLER_STAGES,
+        generator=torch.Generator().manual_seed(args.seed)))
+    y = torch.randint(0, 10, (args.batch,), generator=torch.Generator().manual_seed(args.seed))
+    ctx = ArchStepContext(model=ScoringStub(args.batch, args.seed + 1), criterion=F.cross_entropy, train_batch=None,
+                          val_batch=(torch.zeros(args.batch), y), w_optimizer=controller.optimizer, lr=0.0, stage=0,
+                          step=0)  # REINFORCE uses neither the weight optimizer nor the lr
 
     def step() -> None:
-        paths = controller.sample(cfg.samples_per_update)
-        controller.update(paths, torch.rand(len(paths), generator=rewards).tolist())
+        controller.weight_forward_kwargs()
+        controller.arch_step(ctx)
 
     return step
 
 
 def time_cases(args: argparse.Namespace, path: dict[str, list[int]]) -> dict[str, dict]:
-    """Median step times of every case, measured in this process with the cases interleaved round-robin.
+    """Median step times of the chosen cases (args.cases), measured in this process with the step cases interleaved
+    round-robin.
 
     Interleaving makes a load change on a shared machine hit every case alike. The controller round,
     milliseconds long, is timed over `CONTROLLER_ROUNDS` calls after the step cases.
     """
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    steps = {case: build_step(case, args, path, device) for case in STEP_CASES}
-    steps["controller"] = build_controller_step(args)
-    times: dict[str, list[tuple[float, float]]] = {case: [] for case in CASES}
+    step_cases = [case for case in args.cases if case in STEP_CASES]
+    steps = {case: build_step(case, args, path, device) for case in step_cases}
+    if "controller" in args.cases:
+        steps["controller"] = build_controller_step(args)
+    times: dict[str, list[tuple[float, float]]] = {case: [] for case in args.cases}
     for _ in range(args.warmup):
         for step in steps.values():
             step()
     for _ in range(args.steps):
-        for case in STEP_CASES:
+        for case in step_cases:
             times[case].append(_timed(steps[case], device))
-    times["controller"] = [_timed(steps["controller"], device) for _ in range(CONTROLLER_ROUNDS)]
+    if "controller" in steps:
+        times["controller"] = [_timed(steps["controller"], device) for _ in range(CONTROLLER_ROUNDS)]
     return {case: {"median_s": statistics.median(wall for wall, _ in pairs),
                    "median_cpu_s": statistics.median(cpu for _, cpu in pairs),
                    "times_s": [wall for wall, _ in pairs]} for case, pairs in times.items()}
@@ -245,7 +302,7 @@ def memory_in_subprocess(case: str, args: argparse.Namespace, path: dict[str, li
 
 
 def _forwarded(args: argparse.Namespace) -> list[str]:
-    keys = ("C", "layers", "batch", "size", "steps", "warmup", "device", "seed", "threads", "partial_k")
+    keys = ("C", "layers", "batch", "size", "steps", "warmup", "device", "seed", "threads", "partial_k", "nb201_cells")
     return [item for key in keys if getattr(args, key) is not None
             for item in (f"--{key.replace('_', '-')}", str(getattr(args, key)))]
 
@@ -253,16 +310,8 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
 def summarize(args: argparse.Namespace, path: dict[str, list[int]], cases: dict[str, dict]) -> dict:
     """Ratios, targets and settings around the raw per-case results."""
     t = {case: result["median_s"] for case, result in cases.items()}
-    ratios = {
-        "path_over_child": t["path"] / t["child"],
-        "mixture_over_path": t["mixture"] / t["path"],
-        "baseline_over_mixture": t["baseline"] / t["mixture"],
-        "baseline_cl_over_mixture": t["baseline_cl"] / t["mixture"],
-        "controller_fraction": t["controller"] / t["path"],
-        "mixture_over_partial": t["mixture"] / t["partial"],
-        "baseline_over_partial": t["baseline"] / t["partial"],
-    }
-    if all("peak_memory_mib" in cases[case] for case in ("partial", "mixture", "baseline")):
+    ratios = {key: t[top] / t[bottom] for key, (top, bottom) in RATIOS.items() if top in t and bottom in t}
+    if all("peak_memory_mib" in cases.get(case, {}) for case in ("partial", "mixture", "baseline")):
         memory = {case: max(cases[case]["peak_memory_mib"], MIN_MEMORY_MIB) for case in ("partial", "mixture",
                                                                                           "baseline")}
         ratios["partial_memory_over_mixture"] = memory["partial"] / memory["mixture"]
@@ -270,9 +319,11 @@ def summarize(args: argparse.Namespace, path: dict[str, list[int]], cases: dict[
     met = {key: (ratios[key] <= bound if op == "<=" else ratios[key] >= bound) for key, (op, bound) in TARGETS.items()
            if key in ratios}
     settings = {key: getattr(args, key) for key in ("space", "C", "layers", "batch", "size", "steps", "warmup",
-                                                     "device", "seed", "partial_k")}
+                                                     "device", "seed", "partial_k", "nb201_cells", "cases")}
     settings["threads"] = args.threads or torch.get_num_threads()
-    return {"settings": settings, "path": {g: [DARTS_OPS[k] for k in path[g]] for g in GROUPS}, "cases": cases,
+    paths = {**{g: [DARTS_OPS[k] for k in path[g]] for g in GROUPS},
+             "nb201": path_to_arch({NB201_GROUP: torch.tensor(path["nb201"])})}
+    return {"settings": settings, "path": paths, "cases": cases,
             "ratios": ratios, "targets": {k: f"{op} {bound}" for k, (op, bound) in TARGETS.items()}, "met": met}
 
 
@@ -299,13 +350,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seeds the sampled path, data and weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--partial-k", type=int, default=4, help="the partial case's K: ops on 1/K of the channels")
+    parser.add_argument("--nb201-cells", type=int, default=5, help="cells per stage of the nb201 cases")
+    parser.add_argument("--cases", default=",".join(CASES),
+                        help=f"comma-separated cases to run (default: all of {','.join(CASES)})")
     parser.add_argument("--json", type=FilePath, default=None, help="write the report here")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     parser.add_argument("--case-path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for key in ("C", "layers", "batch", "size", "steps", "partial_k"):
+    for key in ("C", "layers", "batch", "size", "steps", "partial_k", "nb201_cells"):
         if getattr(args, key) < 1:
-            raise UserError(f"--{key} must be at least 1, got {getattr(args, key)}")
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
+    args.cases = [case for case in args.cases.split(",") if case]
+    unknown = [case for case in args.cases if case not in CASES]
+    if unknown or not args.cases:
+        raise UserError(f"--cases takes a comma-separated list of {', '.join(CASES)}; got {unknown or 'none'}")
     check_partial_k(args.C, args.partial_k)
     if args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
@@ -323,9 +381,9 @@ def main(argv: list[str] | None = None) -> None:
             print(peak_memory(args.case, args, json.loads(args.case_path)))
             return
         path = sample_path(args.seed)
-        print(f"timing {', '.join(CASES)} interleaved ...", file=sys.stderr, flush=True)
+        print(f"timing {', '.join(args.cases)} interleaved ...", file=sys.stderr, flush=True)
         cases = time_cases(args, path)
-        for case in CASES:
+        for case in args.cases:
             print(f"peak memory of {case} ...", file=sys.stderr, flush=True)
             cases[case]["peak_memory_mib"] = memory_in_subprocess(case, args, path)
         report = summarize(args, path, cases)

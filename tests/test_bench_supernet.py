@@ -11,10 +11,12 @@ import pytest
 from conftest import ROOT, load_script
 
 SCRIPT = ROOT / "experiments" / "bench_supernet.py"
-CASES = {"mixture", "partial", "path", "child", "baseline", "baseline_cl", "controller"}
-RATIOS = {"path_over_child", "mixture_over_path", "baseline_over_mixture", "baseline_cl_over_mixture",
-          "controller_fraction", "mixture_over_partial", "baseline_over_partial", "partial_memory_over_mixture",
-          "partial_memory_over_baseline"}
+CASES = {"mixture", "partial", "path", "child", "baseline", "baseline_cl", "nb201_path", "nb201_child", "controller"}
+RATIOS = {"path_over_child", "nb201_path_over_child", "mixture_over_path", "baseline_over_mixture",
+          "baseline_cl_over_mixture", "controller_fraction", "mixture_over_partial", "baseline_over_partial",
+          "partial_memory_over_mixture", "partial_memory_over_baseline"}
+TINY = ["--C", "4", "--layers", "3", "--batch", "2", "--size", "8", "--steps", "1", "--warmup", "1", "--threads", "1",
+        "--partial-k", "2", "--nb201-cells", "1"]
 
 
 def load_bench() -> ModuleType:
@@ -23,8 +25,7 @@ def load_bench() -> ModuleType:
 
 def test_bench_writes_every_key(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    command = [sys.executable, str(SCRIPT), "--C", "4", "--layers", "3", "--batch", "2", "--size", "8",
-               "--steps", "1", "--warmup", "1", "--threads", "1", "--partial-k", "2", "--json", str(out)]
+    command = [sys.executable, str(SCRIPT), *TINY, "--json", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
@@ -36,13 +37,26 @@ def test_bench_writes_every_key(tmp_path: Path) -> None:
                                                    if "memory" not in key)  # a tiny case's memory can be 0
     assert set(report["met"]) == set(report["targets"]) <= RATIOS
     assert report["settings"]["C"] == 4 and len(report["path"]["normal"]) == 14
+    assert report["path"]["nb201"].count("~") == 6  # the NB201 cell's architecture string
     assert "path_over_child" in result.stdout  # the printed table
 
 
-def test_bench_rejects_bad_arguments() -> None:
-    result = subprocess.run([sys.executable, str(SCRIPT), "--batch", "0"], capture_output=True, text=True,
+def test_bench_runs_only_the_chosen_cases_and_their_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    command = [sys.executable, str(SCRIPT), *TINY, "--cases", "nb201_path,nb201_child", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert set(report["cases"]) == {"nb201_path", "nb201_child"}
+    assert set(report["ratios"]) == set(report["met"]) == {"nb201_path_over_child"}
+
+
+@pytest.mark.parametrize("argv,message", [(["--batch", "0"], "--batch must be at least 1"),
+                                          (["--cases", "path,bogus"], "--cases takes a comma-separated list")])
+def test_bench_rejects_bad_arguments(argv: list[str], message: str) -> None:
+    result = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True,
                             cwd=ROOT, timeout=120, check=False)
-    assert result.returncode == 2 and "--batch must be at least 1" in result.stderr
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("path,expected", [
