@@ -53,20 +53,17 @@ class EntropyTables(NamedTuple):
     """Constants of a group's entropy. N nodes, S skip states, P max pairs, E edges, K ops.
 
     `op_masks` [2, E, K]: per edge the op mask with skip masked out (0) or allowed (1); `pair_masks` [N, S, P];
-    `a`, `b` [N, 1, P]: the pair's edges; `ca`, `c0`, `c1` [N, S, P]: whether the first edge's op, the second's
-    after a non-skip, and the second's after a skip are chosen with skip allowed; `moves` [N, 3, S, S]: state s
-    goes to state t after 0, 1 or 2 more skips; `start` [S]: the state distribution at node 0.
+    `slots` [6, N, S, P]: per pair and state, where in the flattened [h; q] ([2 (entropy, P(skip)), 2 (skip masked
+    out, allowed), E]) to read h and q of the first edge's op, of the second's after a non-skip and after a skip;
+    `moves` [N, 3, S, S]: state s goes to state t after 0, 1 or 2 more skips; `start` [S]: the state distribution
+    at node 0.
     """
 
     op_masks: torch.Tensor
     skip_index: torch.Tensor
     has_skip: torch.Tensor
     pair_masks: torch.Tensor
-    a: torch.Tensor
-    b: torch.Tensor
-    ca: torch.Tensor
-    c0: torch.Tensor
-    c1: torch.Tensor
+    slots: torch.Tensor
     moves: torch.Tensor
     start: torch.Tensor
 
@@ -100,6 +97,12 @@ class _Cell:
                          for usable, skip in zip(self.usable, self.skip)]
         self.pair_options = [[_options(mask) for mask in masks] for masks in self.pair_masks]
         self.op_options = [tuple(_options(mask) for mask in masks) for masks in self.op_masks]
+        self.op_mask_rows = torch.tensor([mask for masks in self.op_masks for mask in masks])  # [2E, K]
+        self.pair_mask_rows = torch.tensor([mask for masks in self.pair_masks for mask in masks])  # [N * S, P]
+        # Per node, where each padded pair slot reads in [pair logits, -inf]: its logit, or the -inf at the end.
+        first = [sum(len(p) for p in self.pairs[:node]) for node in range(len(self.pairs))]
+        self.pair_slots = torch.tensor([[first[node] + p if p < len(pairs) else first[-1] + len(self.pairs[-1])
+                                         for p in range(self.max_pairs)] for node, pairs in enumerate(self.pairs)])
         self.entropy_tables = self._entropy_tables()
 
     def _entropy_tables(self) -> EntropyTables:
@@ -107,17 +110,19 @@ class _Cell:
         S, N, P = self.n_states, len(self.pairs), self.max_pairs
         op_masks = torch.tensor([[masks[allowed] for masks in self.op_masks] for allowed in (0, 1)])
         pair_masks = torch.tensor(self.pair_masks)
-        a, b = torch.zeros(N, 1, P, dtype=torch.long), torch.zeros(N, 1, P, dtype=torch.long)
-        ca, c0, c1 = (torch.zeros(N, S, P, dtype=torch.long) for _ in range(3))
+        E = len(self.layout.ops)
+        slots = torch.zeros(6, N, S, P, dtype=torch.long)  # padded pairs read slot 0: their probability is 0
         moves = torch.zeros(N, 3, S, S)
         for node, edges in enumerate(self.layout.node_edges):
             late = self.reserved(node, None)
             for p, (ja, jb) in enumerate(self.pairs[node]):
-                a[node, 0, p], b[node, 0, p] = edges[ja], edges[jb]
-                for s in range(S):  # 1: the op decision is taken with skip allowed
-                    ca[node, s, p] = self.skip_allowed(s, self.reserved(node, edges[jb]))
-                    c0[node, s, p] = self.skip_allowed(s, late)
-                    c1[node, s, p] = self.skip_allowed(s + 1, late)
+                a, b = edges[ja], edges[jb]
+                for s in range(S):  # whether each op decision is taken with skip allowed (1) or masked out (0)
+                    allowed = (self.skip_allowed(s, self.reserved(node, b)), self.skip_allowed(s, late),
+                               self.skip_allowed(s + 1, late))
+                    for kind in range(2):  # h, then q
+                        for i, (edge, c) in enumerate(zip((a, b, b), allowed)):
+                            slots[3 * kind + i, node, s, p] = (2 * kind + c) * E + edge
             for s in range(S):
                 for extra in range(3):
                     to = s if self.layout.max_skip is None else s + extra
@@ -128,7 +133,7 @@ class _Cell:
             skip_index=torch.tensor([0 if k is None else k for k in self.skip]),
             has_skip=torch.tensor([k is not None for k in self.skip]),
             pair_masks=pair_masks | ~pair_masks.any(dim=-1, keepdim=True),  # unreachable states: any finite row
-            a=a, b=b, ca=ca, c0=c0, c1=c1, moves=moves, start=torch.eye(S)[0])
+            slots=slots, moves=moves, start=torch.eye(S)[0])
 
     def budget(self, skips: int) -> float:
         return math.inf if self.layout.max_skip is None else self.layout.max_skip - skips
@@ -188,13 +193,10 @@ class GenotypePolicy:
         """Number of pair logits per group."""
         return {group: sum(len(p) for p in cell.pairs) for group, cell in self.cells.items()}
 
-    def _pair_rows(self, cell: _Cell, pair_logits: torch.Tensor) -> list[torch.Tensor]:
-        rows, start = [], 0
-        for pairs in cell.pairs:
-            row = pair_logits[start:start + len(pairs)]
-            rows.append(torch.cat([row, row.new_full((cell.max_pairs - len(pairs),), -math.inf)]))
-            start += len(pairs)
-        return rows
+    @staticmethod
+    def _pair_table(cell: _Cell, pair_logits: torch.Tensor) -> torch.Tensor:
+        """[nodes, max pairs]: each node's pair logits, padded with -inf."""
+        return torch.cat([pair_logits, pair_logits.new_full((1,), -math.inf)])[cell.pair_slots]
 
     # ----- walking the decisions of one genotype -----
     @staticmethod
@@ -237,11 +239,9 @@ class GenotypePolicy:
                 uniforms: Iterator[float]) -> Chooser:
         """A chooser drawing every decision of `cell` from mu (tabulated per decision and mask) with `uniforms`."""
         n_edges, n_nodes = len(cell.layout.ops), len(cell.pairs)
-        op_probs = behaviour.edge_probs(op_logits.detach().double().repeat_interleave(2, dim=0),
-                                        torch.tensor([mask for masks in cell.op_masks for mask in masks]))
-        pair_rows = torch.stack(self._pair_rows(cell, pair_logits.detach().double()))
-        pair_probs = behaviour.edge_probs(pair_rows.repeat_interleave(cell.n_states, dim=0),
-                                          torch.tensor([mask for masks in cell.pair_masks for mask in masks]))
+        op_probs = behaviour.edge_probs(op_logits.detach().double().repeat_interleave(2, dim=0), cell.op_mask_rows)
+        pair_rows = self._pair_table(cell, pair_logits.detach().double())
+        pair_probs = behaviour.edge_probs(pair_rows.repeat_interleave(cell.n_states, dim=0), cell.pair_mask_rows)
         probs = {("op", e, allowed): row for (e, allowed), row in zip(
             ((e, allowed) for e in range(n_edges) for allowed in (False, True)), op_probs.tolist())}
         probs.update({("pair", node, state): row for (node, state), row in zip(
@@ -292,7 +292,7 @@ class GenotypePolicy:
         columns = []
         for group, cell in self.cells.items():
             d = decisions[group]
-            pair_table = torch.stack(self._pair_rows(cell, pair_logits[group]))  # [nodes, max pairs]
+            pair_table = self._pair_table(cell, pair_logits[group])  # [nodes, max pairs]
             for logits, mask, choice in ((pair_table.expand(len(d.pair_mask), -1, -1), d.pair_mask, d.pair_choice),
                                          (op_logits[group][d.op_edge], d.op_mask, d.op_choice)):
                 if behaviour is None:
@@ -326,12 +326,12 @@ class GenotypePolicy:
         log_p = log_softmax(op_logits.expand(2, -1, -1).masked_fill(~t.op_masks, -math.inf))  # [2, E, K]
         h = -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(dim=-1)  # [2, E]: 0 skip masked out, 1 allowed
         q = log_p.exp().gather(-1, t.skip_index.expand(2, -1)[..., None]).squeeze(-1) * t.has_skip  # P(skip)
-        rows = torch.stack(self._pair_rows(cell, pair_logits))[:, None].expand(-1, cell.n_states, -1)
+        rows = self._pair_table(cell, pair_logits)[:, None].expand(-1, cell.n_states, -1)
         lp = log_softmax(rows.masked_fill(~t.pair_masks, -math.inf))  # [N, S, P]
         pp = lp.exp()
         pair_h = -(pp * lp.nan_to_num(neginf=0.0)).sum(dim=-1)  # [N, S]
-        qa, qb0, qb1 = q[t.ca, t.a], q[t.c0, t.b], q[t.c1, t.b]  # [N, S, P]
-        op_h = (pp * (h[t.ca, t.a] + (1 - qa) * h[t.c0, t.b] + qa * h[t.c1, t.b])).sum(dim=-1)  # [N, S]
+        ha, hb0, hb1, qa, qb0, qb1 = torch.stack((h, q)).flatten()[t.slots].unbind(0)  # [N, S, P] each
+        op_h = (pp * (ha + (1 - qa) * hb0 + qa * hb1)).sum(dim=-1)  # [N, S]
         moves = torch.stack((pp * (1 - qa) * (1 - qb0), pp * ((1 - qa) * qb0 + qa * (1 - qb1)), pp * qa * qb1),
                             dim=1).sum(dim=-1)  # [N, 3, S]: probability of 0, 1, 2 more skips
         transitions = (moves[..., None] * t.moves).sum(dim=1)  # [N, S, S]: state before -> state after the node
@@ -356,7 +356,7 @@ class GenotypePolicy:
         for group, cell in self.cells.items():
             limit = max_skip if cell.layout.max_skip is not None else None
             row = self._mode_row(cell, op_logits[group].detach().double().tolist(),
-                                 [r.tolist() for r in self._pair_rows(cell, pair_logits[group].detach().double())],
+                                 self._pair_table(cell, pair_logits[group].detach().double()).tolist(),
                                  -1.0 if least else 1.0, limit)
             if row is None:
                 return None
