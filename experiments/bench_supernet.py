@@ -222,7 +222,7 @@ def time_cases(args: argparse.Namespace, path: dict[str, list[int]]) -> dict[str
     round-robin.
 
     Interleaving makes a load change on a shared machine hit every case alike. The controller round,
-    milliseconds long, is timed over `CONTROLLER_ROUNDS` calls after the step cases.
+    milliseconds long, is timed over `CONTROLLER_ROUNDS` calls, spread over the rounds of the step cases.
     """
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
@@ -234,11 +234,11 @@ def time_cases(args: argparse.Namespace, path: dict[str, list[int]]) -> dict[str
     for _ in range(args.warmup):
         for step in steps.values():
             step()
+    controller_calls = -(-CONTROLLER_ROUNDS // args.steps) if "controller" in steps else 0
     for _ in range(args.steps):
         for case in step_cases:
             times[case].append(_timed(steps[case], device))
-    if "controller" in steps:
-        times["controller"] = [_timed(steps["controller"], device) for _ in range(CONTROLLER_ROUNDS)]
+        times.get("controller", []).extend(_timed(steps["controller"], device) for _ in range(controller_calls))
     return {case: {"median_s": statistics.median(wall for wall, _ in pairs),
                    "median_cpu_s": statistics.median(cpu for _, cpu in pairs),
                    "times_s": [wall for wall, _ in pairs]} for case, pairs in times.items()}
