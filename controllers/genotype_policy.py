@@ -335,7 +335,7 @@ class GenotypePolicy:
         moves = torch.stack((pp * (1 - qa) * (1 - qb0), pp * ((1 - qa) * qb0 + qa * (1 - qb1)), pp * qa * qb1),
                             dim=1).sum(dim=-1)  # [N, 3, S]: probability of 0, 1, 2 more skips
         transitions = (moves[..., None] * t.moves).sum(dim=1)  # [N, S, S]: state before -> state after the node
-        states = [t.start]
+        states = [t.start.to(transitions.dtype)]
         for node in range(len(cell.pairs) - 1):
             states.append(states[-1] @ transitions[node])
         reach = torch.stack(states)  # [N, S]: probability of each state when the node is reached
