@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from itertools import combinations
-from typing import Callable, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 
@@ -49,6 +49,25 @@ class Decisions(NamedTuple):
     op_mask: torch.Tensor
 
 
+class EntropyTables(NamedTuple):
+    """Constants of a group's entropy. N nodes, S skip states, P max pairs, E edges, K ops.
+
+    `op_masks` [2, E, K]: per edge the op mask with skip masked out (0) or allowed (1); `pair_masks` [N, S, P];
+    `slots` [6, N, S, P]: per pair and state, where in the flattened [h; q] ([2 (entropy, P(skip)), 2 (skip masked
+    out, allowed), E]) to read h and q of the first edge's op, of the second's after a non-skip and after a skip;
+    `moves` [N, 3, S, S]: state s goes to state t after 0, 1 or 2 more skips; `start` [S]: the state distribution
+    at node 0.
+    """
+
+    op_masks: torch.Tensor
+    skip_index: torch.Tensor
+    has_skip: torch.Tensor
+    pair_masks: torch.Tensor
+    slots: torch.Tensor
+    moves: torch.Tensor
+    start: torch.Tensor
+
+
 class _Cell:
     """Static facts of one group: pairs per node, usable ops per edge, which edges can only skip."""
 
@@ -69,6 +88,52 @@ class _Cell:
             raise UserError(f"no {group} genotype fits max_skip={layout.max_skip}: its edges whose only non-none op "
                             f"is skip_connect force at least {self.need[0]} skips; raise model.max_skip or keep "
                             f"another op on those edges")
+        # Every mask a decision can be taken under, computed once: per node and skip state the pair mask, per edge
+        # the op mask without and with skip allowed; with their allowed options.
+        self.n_states = 1 if layout.max_skip is None else layout.max_skip + 1
+        self.pair_masks = [[tuple(self.pair_mask(node, s)) for s in range(self.n_states)]
+                           for node in range(len(layout.node_edges))]
+        self.op_masks = [(tuple(u and k != skip for k, u in enumerate(usable)), tuple(usable))
+                         for usable, skip in zip(self.usable, self.skip)]
+        self.pair_options = [[_options(mask) for mask in masks] for masks in self.pair_masks]
+        self.op_options = [tuple(_options(mask) for mask in masks) for masks in self.op_masks]
+        self.op_mask_rows = torch.tensor([mask for masks in self.op_masks for mask in masks])  # [2E, K]
+        self.pair_mask_rows = torch.tensor([mask for masks in self.pair_masks for mask in masks])  # [N * S, P]
+        # Per node, where each padded pair slot reads in [pair logits, -inf]: its logit, or the -inf at the end.
+        first = [sum(len(p) for p in self.pairs[:node]) for node in range(len(self.pairs))]
+        self.pair_slots = torch.tensor([[first[node] + p if p < len(pairs) else first[-1] + len(self.pairs[-1])
+                                         for p in range(self.max_pairs)] for node, pairs in enumerate(self.pairs)])
+        self.entropy_tables = self._entropy_tables()
+
+    def _entropy_tables(self) -> EntropyTables:
+        """The constant masks and index tables of the entropy (GenotypePolicy._cell_entropy), padded to max_pairs."""
+        S, N, P = self.n_states, len(self.pairs), self.max_pairs
+        op_masks = torch.tensor([[masks[allowed] for masks in self.op_masks] for allowed in (0, 1)])
+        pair_masks = torch.tensor(self.pair_masks)
+        E = len(self.layout.ops)
+        slots = torch.zeros(6, N, S, P, dtype=torch.long)  # padded pairs read slot 0: their probability is 0
+        moves = torch.zeros(N, 3, S, S)
+        for node, edges in enumerate(self.layout.node_edges):
+            late = self.reserved(node, None)
+            for p, (ja, jb) in enumerate(self.pairs[node]):
+                a, b = edges[ja], edges[jb]
+                for s in range(S):  # whether each op decision is taken with skip allowed (1) or masked out (0)
+                    allowed = (self.skip_allowed(s, self.reserved(node, b)), self.skip_allowed(s, late),
+                               self.skip_allowed(s + 1, late))
+                    for kind in range(2):  # h, then q
+                        for i, (edge, c) in enumerate(zip((a, b, b), allowed)):
+                            slots[3 * kind + i, node, s, p] = (2 * kind + c) * E + edge
+            for s in range(S):
+                for extra in range(3):
+                    to = s if self.layout.max_skip is None else s + extra
+                    if to < S and self.budget(to) >= self.need[node + 1]:  # the masks never lead anywhere else
+                        moves[node, extra, s, to] = 1.0
+        return EntropyTables(
+            op_masks=op_masks | ~op_masks.any(dim=-1, keepdim=True),  # a forced skip masked out: any finite row
+            skip_index=torch.tensor([0 if k is None else k for k in self.skip]),
+            has_skip=torch.tensor([k is not None for k in self.skip]),
+            pair_masks=pair_masks | ~pair_masks.any(dim=-1, keepdim=True),  # unreachable states: any finite row
+            slots=slots, moves=moves, start=torch.eye(S)[0])
 
     def budget(self, skips: int) -> float:
         return math.inf if self.layout.max_skip is None else self.layout.max_skip - skips
@@ -81,19 +146,37 @@ class _Cell:
                 and self.only_skip[edges[a]] + self.only_skip[edges[b]] <= budget for a, b in self.pairs[node]]
         return mask + [False] * (self.max_pairs - len(mask))
 
+    def state(self, skips: int) -> int:
+        """The skip state a decision is taken in: the skips used so far (0 throughout without a skip limit)."""
+        return 0 if self.layout.max_skip is None else skips
+
+    def skip_allowed(self, skips: int, reserved: int) -> bool:
+        """Whether the budget, less `reserved` forced skips, allows one more skip."""
+        return self.budget(skips) - reserved >= 1
+
     def op_mask(self, edge: int, skips: int, reserved: int) -> list[bool]:
         """Non-none ops of the edge; skip only while the budget, less `reserved` forced skips, allows one."""
-        mask = list(self.usable[edge])
-        if self.skip[edge] is not None and self.budget(skips) - reserved < 1:
-            mask[self.skip[edge]] = False
-        return mask
+        return list(self.op_masks[edge][self.skip_allowed(skips, reserved)])
 
     def reserved(self, node: int, later: int | None) -> int:
         """Skips to keep free when choosing an op of `node`: the later edge's forced one and the later nodes'."""
         return int(later is not None and self.only_skip[later]) + self.need[node + 1]
 
 
-Chooser = Callable[[tuple, torch.Tensor, list[bool]], int]  # (("pair", node) or ("op", edge), logits, mask) -> index
+Chooser = Callable[[tuple], int]  # ("pair", node, skip state) or ("op", edge, skip allowed) -> the chosen index
+
+
+def _options(mask: Sequence[bool]) -> tuple[int, ...]:
+    return tuple(k for k, allowed in enumerate(mask) if allowed)
+
+
+def _inverse_cdf(u: float, probs: list[float], options: tuple[int, ...]) -> int:
+    """The option whose probability interval holds u (the last option when u falls in the rounding slack)."""
+    for k in options:
+        u -= probs[k]
+        if u < 0:
+            return k
+    return options[-1]
 
 
 class GenotypePolicy:
@@ -110,29 +193,28 @@ class GenotypePolicy:
         """Number of pair logits per group."""
         return {group: sum(len(p) for p in cell.pairs) for group, cell in self.cells.items()}
 
-    def _pair_rows(self, cell: _Cell, pair_logits: torch.Tensor) -> list[torch.Tensor]:
-        rows, start = [], 0
-        for pairs in cell.pairs:
-            row = pair_logits[start:start + len(pairs)]
-            rows.append(torch.cat([row, row.new_full((cell.max_pairs - len(pairs),), -math.inf)]))
-            start += len(pairs)
-        return rows
+    @staticmethod
+    def _pair_table(cell: _Cell, pair_logits: torch.Tensor) -> torch.Tensor:
+        """[nodes, max pairs]: each node's pair logits, padded with -inf."""
+        return torch.cat([pair_logits, pair_logits.new_full((1,), -math.inf)])[cell.pair_slots]
 
     # ----- walking the decisions of one genotype -----
-    def _walk(self, cell: _Cell, op_logits: torch.Tensor, pair_rows: list[torch.Tensor], choose: Chooser,
-              record: list | None = None) -> torch.Tensor:
+    @staticmethod
+    def _walk(cell: _Cell, choose: Chooser, record: list | None = None) -> list[int]:
         """Take every decision of one group in order with `choose`; returns the path row (-1 = off edge)."""
-        row = torch.full((len(cell.layout.ops),), OFF, dtype=torch.long)
+        row = [OFF] * len(cell.layout.ops)
         skips = 0
         for node, edges in enumerate(cell.layout.node_edges):
-            pair_mask = cell.pair_mask(node, skips)
-            p = choose(("pair", node), pair_rows[node], pair_mask)
+            state = cell.state(skips)
+            pair_mask = cell.pair_masks[node][state]
+            p = choose(("pair", node, state))
             a, b = (edges[j] for j in cell.pairs[node][p])
             if record is not None:
                 record.append(("pair", p, pair_mask))
             for e, later in ((a, b), (b, None)):
-                mask = cell.op_mask(e, skips, cell.reserved(node, later))
-                k = choose(("op", e), op_logits[e], mask)
+                allowed = cell.skip_allowed(skips, cell.reserved(node, later))
+                mask = cell.op_masks[e][allowed]
+                k = choose(("op", e, allowed))
                 if record is not None:
                     record.append(("op", e, k, mask))
                 skips += k == cell.skip[e]
@@ -143,51 +225,53 @@ class GenotypePolicy:
                behaviour: BehaviourPolicy, n: int, generator: torch.Generator | None = None) -> list[OpIndices]:
         """n genotypes from the behaviour policy applied to every decision's conditional pi.
 
-        One uniform number per decision (a single draw from `generator`) picks the option by inverse CDF; mu is
-        computed once per distinct (decision, mask) of the call, so sampling costs microseconds per decision.
+        One uniform number per decision (a single draw from `generator`, taken sample by sample in decision order)
+        picks the option by inverse CDF. mu of every decision under every mask it can be taken under is computed
+        up front in one batched call per group and kind, so a decision costs a table lookup.
         """
         uniforms = iter(torch.rand(n * self.decisions_per_sample(), generator=generator, dtype=torch.float64).tolist())
-        cache: dict[tuple, list[float]] = {}
+        choosers = {group: self._drawer(cell, op_logits[group], pair_logits[group], behaviour, uniforms)
+                    for group, cell in self.cells.items()}
+        return [{group: torch.tensor(self._walk(cell, choosers[group])) for group, cell in self.cells.items()}
+                for _ in range(n)]
 
-        def drawer(group: str) -> Chooser:
-            def draw(key: tuple, logits: torch.Tensor, mask: list[bool]) -> int:
-                key = (group, *key, *mask)
-                if key not in cache:
-                    cache[key] = behaviour.edge_probs(logits[None].double(), torch.tensor([mask]))[0].tolist()
-                u, options = next(uniforms), [k for k, allowed in enumerate(mask) if allowed]
-                for k in options:
-                    u -= cache[key][k]
-                    if u < 0:
-                        return k
-                return options[-1]  # u fell in the rounding slack at the top
+    def _drawer(self, cell: _Cell, op_logits: torch.Tensor, pair_logits: torch.Tensor, behaviour: BehaviourPolicy,
+                uniforms: Iterator[float]) -> Chooser:
+        """A chooser drawing every decision of `cell` from mu (tabulated per decision and mask) with `uniforms`."""
+        n_edges, n_nodes = len(cell.layout.ops), len(cell.pairs)
+        op_probs = behaviour.edge_probs(op_logits.detach().double().repeat_interleave(2, dim=0), cell.op_mask_rows)
+        pair_rows = self._pair_table(cell, pair_logits.detach().double())
+        pair_probs = behaviour.edge_probs(pair_rows.repeat_interleave(cell.n_states, dim=0), cell.pair_mask_rows)
+        probs = {("op", e, allowed): row for (e, allowed), row in zip(
+            ((e, allowed) for e in range(n_edges) for allowed in (False, True)), op_probs.tolist())}
+        probs.update({("pair", node, state): row for (node, state), row in zip(
+            ((node, state) for node in range(n_nodes) for state in range(cell.n_states)), pair_probs.tolist())})
 
-            return draw
+        def draw(key: tuple) -> int:
+            kind, index, variant = key
+            options = cell.op_options[index][variant] if kind == "op" else cell.pair_options[index][variant]
+            return _inverse_cdf(next(uniforms), probs[key], options)
 
-        rows = {group: self._pair_rows(cell, pair_logits[group].detach()) for group, cell in self.cells.items()}
-        draws = {group: drawer(group) for group in self.cells}
-        return [{group: self._walk(cell, op_logits[group].detach(), rows[group], draws[group])
-                 for group, cell in self.cells.items()} for _ in range(n)]
+        return draw
 
     def decisions(self, paths: list[OpIndices]) -> dict[str, Decisions]:
         """The decisions (and the masks they were taken under) that produced each path, per group."""
 
-        def replay(cell: _Cell, path_row: torch.Tensor) -> Chooser:
+        def replay(cell: _Cell, path_row: list[int]) -> Chooser:
             chosen: list[int] = []
             for node, edges in enumerate(cell.layout.node_edges):
                 on = [j for j, e in enumerate(edges) if path_row[e] != OFF]
                 if len(on) != 2:
                     raise ValueError(f"{cell.group} node {node} of a genotype path must use 2 inputs, got {len(on)}")
-                chosen += [cell.pairs[node].index(tuple(on)), *(int(path_row[edges[j]]) for j in on)]
-            return lambda kind, logits, mask: chosen.pop(0)
+                chosen += [cell.pairs[node].index(tuple(on)), *(path_row[edges[j]] for j in on)]
+            return lambda key: chosen.pop(0)
 
         result = {}
         for group, cell in self.cells.items():
             records = []
-            dummy_rows = [torch.zeros(cell.max_pairs)] * len(cell.pairs)
             for path in paths:
                 record: list = []
-                self._walk(cell, torch.zeros(len(cell.layout.ops), cell.n_ops), dummy_rows, replay(cell, path[group]),
-                           record)
+                self._walk(cell, replay(cell, path[group].tolist()), record)
                 records.append(record)
             result[group] = Decisions(
                 pair_choice=torch.tensor([[r[1] for r in rec if r[0] == "pair"] for rec in records]),
@@ -208,7 +292,7 @@ class GenotypePolicy:
         columns = []
         for group, cell in self.cells.items():
             d = decisions[group]
-            pair_table = torch.stack(self._pair_rows(cell, pair_logits[group]))  # [nodes, max pairs]
+            pair_table = self._pair_table(cell, pair_logits[group])  # [nodes, max pairs]
             for logits, mask, choice in ((pair_table.expand(len(d.pair_mask), -1, -1), d.pair_mask, d.pair_choice),
                                          (op_logits[group][d.op_edge], d.op_mask, d.op_choice)):
                 if behaviour is None:
@@ -236,46 +320,26 @@ class GenotypePolicy:
                             for group, cell in self.cells.items()])
 
     def _cell_entropy(self, cell: _Cell, op_logits: torch.Tensor, pair_logits: torch.Tensor) -> torch.Tensor:
-        """[pair part, op part] of one group's entropy: forward over the nodes with the skips used as the state."""
-        usable = torch.tensor(cell.usable)
-        no_skip = usable.clone()
-        for e, k in enumerate(cell.skip):
-            if k is not None:
-                no_skip[e, k] = False
-        masks = torch.stack([no_skip, usable])  # column 0: skip masked out, 1: skip allowed
-        masks = masks | ~masks.any(dim=-1, keepdim=True)  # a forced skip masked out is never chosen: any finite row
-        log_p = log_softmax(op_logits.expand(2, -1, -1).masked_fill(~masks, -math.inf))
-        h = -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(dim=-1)  # [2, E]
-        skip_index = torch.tensor([0 if k is None else k for k in cell.skip])
-        q = log_p.exp().gather(-1, skip_index.expand(2, -1)[..., None]).squeeze(-1) * torch.tensor(
-            [k is not None for k in cell.skip])  # [2, E]: probability of the skip
-
-        def allowed(edge: int, skips: int, reserved: int) -> int:
-            return int(cell.skip[edge] is None or cell.budget(skips) - reserved >= 1)
-
-        zero = op_logits.new_zeros(())
-        parts, state = [zero, zero], {0: op_logits.new_ones(())}  # skips used -> probability
-        for node, (edges, pair_row) in enumerate(zip(cell.layout.node_edges, self._pair_rows(cell, pair_logits))):
-            nxt: dict[int, torch.Tensor] = {}
-            n_pairs, late = len(cell.pairs[node]), cell.reserved(node, None)
-            a = [edges[ja] for ja, _ in cell.pairs[node]]
-            b = [edges[jb] for _, jb in cell.pairs[node]]
-            for skips, p_s in state.items():
-                lp = log_softmax(pair_row.masked_fill(~torch.tensor(cell.pair_mask(node, skips)), -math.inf))
-                pp = lp.exp()[:n_pairs]
-                parts[0] = parts[0] - p_s * (lp.exp() * lp.nan_to_num(neginf=0.0)).sum()
-                ca = torch.tensor([allowed(x, skips, cell.reserved(node, y)) for x, y in zip(a, b)])
-                c0 = torch.tensor([allowed(y, skips, late) for y in b])
-                c1 = torch.tensor([allowed(y, skips + 1, late) for y in b])
-                qa, qb0, qb1 = q[ca, a], q[c0, b], q[c1, b]
-                parts[1] = parts[1] + p_s * (pp * (h[ca, a] + (1 - qa) * h[c0, b] + qa * h[c1, b])).sum()
-                moves = (pp * (1 - qa) * (1 - qb0), pp * ((1 - qa) * qb0 + qa * (1 - qb1)), pp * qa * qb1)
-                for extra, mass in enumerate(moves):
-                    to = skips if cell.layout.max_skip is None else skips + extra
-                    if cell.budget(to) >= cell.need[node + 1]:  # the masks never lead anywhere else
-                        nxt[to] = nxt.get(to, zero) + p_s * mass.sum()
-            state = nxt
-        return torch.stack(parts)
+        """[pair part, op part] of one group's entropy, with the skips used as the state: every node's terms in
+        every state at once (batched tensors), then the state distribution carried forward node by node."""
+        t = cell.entropy_tables
+        log_p = log_softmax(op_logits.expand(2, -1, -1).masked_fill(~t.op_masks, -math.inf))  # [2, E, K]
+        h = -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(dim=-1)  # [2, E]: 0 skip masked out, 1 allowed
+        q = log_p.exp().gather(-1, t.skip_index.expand(2, -1)[..., None]).squeeze(-1) * t.has_skip  # P(skip)
+        rows = self._pair_table(cell, pair_logits)[:, None].expand(-1, cell.n_states, -1)
+        lp = log_softmax(rows.masked_fill(~t.pair_masks, -math.inf))  # [N, S, P]
+        pp = lp.exp()
+        pair_h = -(pp * lp.nan_to_num(neginf=0.0)).sum(dim=-1)  # [N, S]
+        ha, hb0, hb1, qa, qb0, qb1 = torch.stack((h, q)).flatten()[t.slots].unbind(0)  # [N, S, P] each
+        op_h = (pp * (ha + (1 - qa) * hb0 + qa * hb1)).sum(dim=-1)  # [N, S]
+        moves = torch.stack((pp * (1 - qa) * (1 - qb0), pp * ((1 - qa) * qb0 + qa * (1 - qb1)), pp * qa * qb1),
+                            dim=1).sum(dim=-1)  # [N, 3, S]: probability of 0, 1, 2 more skips
+        transitions = (moves[..., None] * t.moves).sum(dim=1)  # [N, S, S]: state before -> state after the node
+        states = [t.start.to(transitions.dtype)]
+        for node in range(len(cell.pairs) - 1):
+            states.append(states[-1] @ transitions[node])
+        reach = torch.stack(states)  # [N, S]: probability of each state when the node is reached
+        return torch.stack(((reach * pair_h).sum(), (reach * op_h).sum()))
 
     def op_probs(self, op_logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per edge, the op softmax over non-none ops (`none` gets 0: a genotype never samples it)."""
@@ -292,7 +356,7 @@ class GenotypePolicy:
         for group, cell in self.cells.items():
             limit = max_skip if cell.layout.max_skip is not None else None
             row = self._mode_row(cell, op_logits[group].detach().double().tolist(),
-                                 [r.tolist() for r in self._pair_rows(cell, pair_logits[group].detach().double())],
+                                 self._pair_table(cell, pair_logits[group].detach().double()).tolist(),
                                  -1.0 if least else 1.0, limit)
             if row is None:
                 return None

@@ -13,18 +13,26 @@ Cases, each a median forward+backward step (cross-entropy on random data) after 
                zeros, a ReLU per op, Python sums per edge and node, plain nn.Conv2d dilated convs, in NCHW
                (PyTorch's default layout).
   baseline_cl  the same reference mixture fed channels_last input, to separate the layout gain from the rest.
-  controller   ReinforceController.sample(n) + update(paths, rewards), n = its default samples per update.
+  nb201_path   the NAS-Bench-201 supernet (search_spaces/nb201.py, all 5 ops kept, --C channels, --nb201-cells cells
+               per stage) running one uniformly sampled op per edge (`none` included), as a REINFORCE weight step
+  nb201_child  the stand-alone child of that path: the space's evaluation network of that cell (build_network, same
+               C and cells). It is the floor for (nb201_path).
+  controller   what a REINFORCE search (the default config: genotype samples, 4 per update, one update per
+               weight step, parameter and FLOP costs) pays its controller per search step: the weight step's path
+               draw plus the whole arch step (sample, cost each sample, update), with the supernet's scoring of
+               the samples replaced by a stub that returns fixed logits (that forward is the supernet's time).
   ref_darts    the reference DARTS code itself (quark0/darts, cnn/model_search.py's Network, all 8 ops, alphas
                differentiated), imported from --reference-darts, a checkout outside this repository.
   ref_pcdarts  the reference PC-DARTS code itself (yuhuixu1993/PC-DARTS, model_search.py's Network: K=4, edge
-               weights), imported from --reference-pcdarts. Both are run as published; only their hard-coded
-               .cuda() calls on the alphas are made no-ops on CPU while they are built.
+               weights differentiated), imported from --reference-pcdarts. Both run as published; only their
+               hard-coded .cuda() calls on the alphas are made no-ops on CPU while they are built.
 Step times are measured in this process with the cases interleaved round-robin (a load change on a shared
 machine hits every case alike); wall and process-CPU medians are both reported, the ratios use wall time.
 Peak memory is measured per case in its own subprocess (this script with the hidden --case flag), so the
 peaks do not mix: CUDA max_memory_allocated, or on CPU the growth of the peak RSS (VmHWM) over two steps.
 
-    python experiments/bench_supernet.py [--C 16] [--layers 8] [--batch 32] [--size 32] [--partial-k 4] [--json OUT]
+    python experiments/bench_supernet.py [--C 16] [--layers 8] [--batch 32] [--size 32] [--partial-k 4]
+        [--nb201-cells 5] [--cases path,child,...] [--json OUT]
         [--reference-darts DARTS/cnn] [--reference-pcdarts PC-DARTS]
 """
 from __future__ import annotations
@@ -44,28 +52,43 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from controllers.base import ArchStepContext, StageContext
 from controllers.edge_weights import node_softmax
 from controllers.reinforce import ReinforceConfig, ReinforceController
+from controllers.reward import RewardConfig
 from nas.core.errors import UserError, exit_on_user_error
 from search_spaces.darts.geometry import GROUPS, CellSpec, edges_per_cell, node_edges
 from search_spaces.darts.networks import FixedNetwork, SearchNetwork
 from search_spaces.darts.space import DartsSpace
 from search_spaces.depthwise import Depthwise
+from search_spaces.nb201 import EDGES as NB201_EDGES
+from search_spaces.nb201 import GROUP as NB201_GROUP
+from search_spaces.nb201 import NB201_OPS, NB201Network, build_network, path_to_arch
 from search_spaces.ops import DARTS_OPS
 from search_spaces.partial_channels import check_partial_k
 
-STEP_CASES = ("mixture", "partial", "path", "child", "baseline", "baseline_cl")
-CASES = STEP_CASES + ("controller",)
+OWN_STEP_CASES = ("mixture", "partial", "path", "child", "baseline", "baseline_cl", "nb201_path", "nb201_child")
 REFERENCE_CASES = {"ref_darts": "reference_darts", "ref_pcdarts": "reference_pcdarts"}  # case: its folder option
+STEP_CASES = OWN_STEP_CASES + tuple(REFERENCE_CASES)
+CASES = STEP_CASES + ("controller",)
 REFERENCE_MODULES = ("operations", "genotypes", "model_search")  # the top-level names both references use
 REFERENCE_PARTIAL_K = 4  # PC-DARTS's model_search hard-codes K=4
-TARGETS = {"path_over_child": ("<=", 1.10), "mixture_over_path": (">=", 4.0),
-           "baseline_over_mixture": (">=", 1.3), "controller_fraction": ("<=", 0.02),
+TARGETS = {"path_over_child": ("<=", 1.05), "nb201_path_over_child": ("<=", 1.05), "mixture_over_path": (">=", 4.0),
+           "baseline_over_mixture": (">=", 1.3), "controller_fraction": ("<=", 0.005),
            "baseline_over_partial": (">=", 4.0), "partial_memory_over_baseline": ("<=", 0.5),
            "ref_darts_over_partial": (">=", 4.0), "partial_memory_over_ref_darts": ("<=", 0.5),
            "ref_pcdarts_over_partial": (">=", 1.0)}
+RATIOS = {  # ratio -> (numerator case, denominator case), of the median step times
+    "path_over_child": ("path", "child"), "nb201_path_over_child": ("nb201_path", "nb201_child"),
+    "mixture_over_path": ("mixture", "path"), "baseline_over_mixture": ("baseline", "mixture"),
+    "baseline_cl_over_mixture": ("baseline_cl", "mixture"), "controller_fraction": ("controller", "path"),
+    "mixture_over_partial": ("mixture", "partial"), "baseline_over_partial": ("baseline", "partial"),
+    "ref_darts_over_partial": ("ref_darts", "partial"), "ref_darts_over_mixture": ("ref_darts", "mixture"),
+    "ref_pcdarts_over_partial": ("ref_pcdarts", "partial")}
+MEMORY_RATIO_CASES = ("mixture", "baseline", *REFERENCE_CASES)  # partial_memory_over_<case>
 STEPS, MULTIPLIER = 4, 4
 CONTROLLER_ROUNDS = 50
+CONTROLLER_STAGES = 3  # the default config's stages (reinforce.epsilon has one value per stage)
 MEMORY_STEPS = 2
 MIN_MEMORY_MIB = 0.1  # a peak growth below this (a tiny case on CPU) counts as this in the memory ratios
 Step = Callable[[], None]
@@ -102,10 +125,13 @@ def all_ops_kept() -> dict[str, list[list[str]]]:
 
 
 def sample_path(seed: int) -> dict[str, list[int]]:
-    """One op index per edge, uniform over the 8 DARTS ops (the path (b) and (c) share)."""
+    """One op index per edge, uniform over the 8 DARTS ops per DARTS group (path and child share it), and under
+    "nb201" uniform over the 5 NB201 ops per edge of the NB201 cell (nb201_path and nb201_child share it)."""
     gen = torch.Generator().manual_seed(seed)
-    return {group: torch.randint(0, len(DARTS_OPS), (edges_per_cell(STEPS),), generator=gen).tolist()
+    path = {group: torch.randint(0, len(DARTS_OPS), (edges_per_cell(STEPS),), generator=gen).tolist()
             for group in GROUPS}
+    path["nb201"] = torch.randint(0, len(NB201_OPS), (len(NB201_EDGES),), generator=gen).tolist()
+    return path
 
 
 def child_specs(path: dict[str, list[int]]) -> dict[str, CellSpec]:
@@ -120,17 +146,14 @@ def child_specs(path: dict[str, list[int]]) -> dict[str, CellSpec]:
     return specs
 
 
-def step_cases(args: argparse.Namespace) -> tuple[str, ...]:
-    """The step cases of this run: ours, then each reference whose folder was given."""
-    return STEP_CASES + tuple(case for case, option in REFERENCE_CASES.items() if getattr(args, option))
-
-
 def build_step(case: str, args: argparse.Namespace, path: dict[str, list[int]], device: torch.device) -> Step:
     """A closure running one forward+backward of `case` on a fixed random batch."""
     if case in REFERENCE_CASES:
         return build_reference_step(getattr(args, REFERENCE_CASES[case]), args, device)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
+    if case.startswith("nb201"):
+        return build_nb201_step(case, args, path["nb201"], x, y)
     if case == "child":
         child = FixedNetwork(child_specs(path), args.C, 10, args.layers, 3, affine=False, pool_bn=True).to(device)
         x_child = x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
@@ -156,6 +179,18 @@ def build_step(case: str, args: argparse.Namespace, path: dict[str, list[int]], 
         return model(x, weights={g: torch.softmax(a, dim=-1) for g, a in alphas.items()}, **edges)
 
     return _train_step(list(model.parameters()) + list(alphas.values()) + list(betas.values()), forward, y)
+
+
+def build_nb201_step(case: str, args: argparse.Namespace, path: list[int], x: torch.Tensor,
+                     y: torch.Tensor) -> Step:
+    """The NB201 supernet running `path` (nb201_path), or that path's stand-alone network (nb201_child)."""
+    path_t = {NB201_GROUP: torch.tensor(path)}
+    if case == "nb201_child":
+        child = build_network(path_to_arch(path_t), args.C, args.nb201_cells).to(x.device)
+        return _train_step(list(child.parameters()), lambda: child(x), y)
+    kept = {NB201_GROUP: [list(NB201_OPS) for _ in NB201_EDGES]}
+    model = NB201Network(kept, args.C, args.nb201_cells).to(x.device)
+    return _train_step(list(model.parameters()), lambda: model(x, path=path_t), y)
 
 
 @contextlib.contextmanager
@@ -209,40 +244,61 @@ def _train_step(params: list[torch.Tensor], forward: Callable[[], torch.Tensor],
     return step
 
 
+class ScoringStub(torch.nn.Module):
+    """Stands in for the supernet when the arch step scores its samples: random logits, whatever the path."""
+
+    def __init__(self, batch: int, seed: int):
+        super().__init__()
+        self.batch, self.generator = batch, torch.Generator().manual_seed(seed)
+
+    def forward(self, x: torch.Tensor, path: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.randn(self.batch, 10, generator=self.generator)
+
+
 def build_controller_step(args: argparse.Namespace) -> Step:
-    """One controller round: sample its default number of paths, update on random rewards."""
-    shapes = {group: (edges_per_cell(STEPS), len(DARTS_OPS)) for group in GROUPS}
-    cfg = ReinforceConfig()  # samples genotypes, the default
+    """The controller's part of one REINFORCE search step (default config, stage 0): the weight step's path draw,
+    then the arch step (sample, cost, score with the stub, update)."""
+    sections = {"reinforce": ReinforceConfig(), "reward": RewardConfig()}  # genotype samples, 4 per update
+    for section in sections.values():
+        section.validate(CONTROLLER_STAGES)
     space = DartsSpace(C=args.C, num_classes=10, in_channels=3, normal_ops=list(DARTS_OPS), reduce_ops=list(DARTS_OPS))
-    controller = ReinforceController(shapes, cfg, stage=0, generator=torch.Generator().manual_seed(args.seed),
-                                     layouts=space.cell_layout(space.initial_kept_ops()))
-    rewards = torch.Generator().manual_seed(args.seed + 1)
+    controller = ReinforceController.from_config(StageContext(
+        sections, space, space.initial_kept_ops(), stage=0, num_stages=CONTROLLER_STAGES,
+        generator=torch.Generator().manual_seed(args.seed)))
+    y = torch.randint(0, 10, (args.batch,), generator=torch.Generator().manual_seed(args.seed))
+    ctx = ArchStepContext(model=ScoringStub(args.batch, args.seed + 1), criterion=F.cross_entropy, train_batch=None,
+                          val_batch=(torch.zeros(args.batch), y), w_optimizer=controller.optimizer, lr=0.0, stage=0,
+                          step=0)  # REINFORCE uses neither the weight optimizer nor the lr
 
     def step() -> None:
-        paths = controller.sample(cfg.samples_per_update)
-        controller.update(paths, torch.rand(len(paths), generator=rewards).tolist())
+        controller.weight_forward_kwargs()
+        controller.arch_step(ctx)
 
     return step
 
 
 def time_cases(args: argparse.Namespace, path: dict[str, list[int]]) -> dict[str, dict]:
-    """Median step times of every case, measured in this process with the cases interleaved round-robin.
+    """Median step times of the chosen cases (args.cases), measured in this process with the step cases interleaved
+    round-robin.
 
     Interleaving makes a load change on a shared machine hit every case alike. The controller round,
-    milliseconds long, is timed over `CONTROLLER_ROUNDS` calls after the step cases.
+    milliseconds long, is timed over `CONTROLLER_ROUNDS` calls, spread over the rounds of the step cases.
     """
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    steps = {case: build_step(case, args, path, device) for case in step_cases(args)}
-    steps["controller"] = build_controller_step(args)
-    times: dict[str, list[tuple[float, float]]] = {case: [] for case in steps}
+    step_cases = [case for case in args.cases if case in STEP_CASES]
+    steps = {case: build_step(case, args, path, device) for case in step_cases}
+    if "controller" in args.cases:
+        steps["controller"] = build_controller_step(args)
+    times: dict[str, list[tuple[float, float]]] = {case: [] for case in args.cases}
     for _ in range(args.warmup):
         for step in steps.values():
             step()
+    controller_calls = -(-CONTROLLER_ROUNDS // args.steps) if "controller" in steps else 0
     for _ in range(args.steps):
-        for case in step_cases(args):
+        for case in step_cases:
             times[case].append(_timed(steps[case], device))
-    times["controller"] = [_timed(steps["controller"], device) for _ in range(CONTROLLER_ROUNDS)]
+        times.get("controller", []).extend(_timed(steps["controller"], device) for _ in range(controller_calls))
     return {case: {"median_s": statistics.median(wall for wall, _ in pairs),
                    "median_cpu_s": statistics.median(cpu for _, cpu in pairs),
                    "times_s": [wall for wall, _ in pairs]} for case, pairs in times.items()}
@@ -306,7 +362,7 @@ def memory_in_subprocess(case: str, args: argparse.Namespace, path: dict[str, li
 
 
 def _forwarded(args: argparse.Namespace) -> list[str]:
-    keys = ("C", "layers", "batch", "size", "steps", "warmup", "device", "seed", "threads", "partial_k",
+    keys = ("C", "layers", "batch", "size", "steps", "warmup", "device", "seed", "threads", "partial_k", "nb201_cells",
             *REFERENCE_CASES.values())
     return [item for key in keys if getattr(args, key) is not None
             for item in (f"--{key.replace('_', '-')}", str(getattr(args, key)))]
@@ -315,31 +371,20 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
 def summarize(args: argparse.Namespace, path: dict[str, list[int]], cases: dict[str, dict]) -> dict:
     """Ratios, targets and settings around the raw per-case results."""
     t = {case: result["median_s"] for case, result in cases.items()}
-    ratios = {
-        "path_over_child": t["path"] / t["child"],
-        "mixture_over_path": t["mixture"] / t["path"],
-        "baseline_over_mixture": t["baseline"] / t["mixture"],
-        "baseline_cl_over_mixture": t["baseline_cl"] / t["mixture"],
-        "controller_fraction": t["controller"] / t["path"],
-        "mixture_over_partial": t["mixture"] / t["partial"],
-        "baseline_over_partial": t["baseline"] / t["partial"],
-    }
-    for case in REFERENCE_CASES:
-        if case in t:
-            ratios[f"{case}_over_partial"] = t[case] / t["partial"]
-            ratios[f"{case}_over_mixture"] = t[case] / t["mixture"]
+    ratios = {key: t[top] / t[bottom] for key, (top, bottom) in RATIOS.items() if top in t and bottom in t}
     memory = {case: max(result["peak_memory_mib"], MIN_MEMORY_MIB) for case, result in cases.items()
               if "peak_memory_mib" in result}
     if "partial" in memory:
-        for case in ("mixture", "baseline", *REFERENCE_CASES):
-            if case in memory:
-                ratios[f"partial_memory_over_{case}"] = memory["partial"] / memory[case]
+        ratios.update({f"partial_memory_over_{case}": memory["partial"] / memory[case]
+                       for case in MEMORY_RATIO_CASES if case in memory})
     met = {key: (ratios[key] <= bound if op == "<=" else ratios[key] >= bound) for key, (op, bound) in TARGETS.items()
            if key in ratios}
     settings = {key: getattr(args, key) for key in ("space", "C", "layers", "batch", "size", "steps", "warmup",
-                                                     "device", "seed", "partial_k")}
+                                                     "device", "seed", "partial_k", "nb201_cells", "cases")}
     settings["threads"] = args.threads or torch.get_num_threads()
-    return {"settings": settings, "path": {g: [DARTS_OPS[k] for k in path[g]] for g in GROUPS}, "cases": cases,
+    paths = {**{g: [DARTS_OPS[k] for k in path[g]] for g in GROUPS},
+             "nb201": path_to_arch({NB201_GROUP: torch.tensor(path["nb201"])})}
+    return {"settings": settings, "path": paths, "cases": cases,
             "ratios": ratios, "targets": {k: f"{op} {bound}" for k, (op, bound) in TARGETS.items()}, "met": met}
 
 
@@ -366,26 +411,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seeds the sampled path, data and weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--partial-k", type=int, default=4, help="the partial case's K: ops on 1/K of the channels")
-    parser.add_argument("--json", type=FilePath, default=None, help="write the report here")
+    parser.add_argument("--nb201-cells", type=int, default=5, help="cells per stage of the nb201 cases")
+    parser.add_argument("--cases", default=None, help=f"comma-separated cases to run, of {','.join(CASES)} (default: "
+                        "all, the references where their folders are given)")
     parser.add_argument("--reference-darts", type=FilePath, default=None, metavar="DIR",
                         help="a quark0/darts checkout's cnn/ folder: time its search Network beside ours")
     parser.add_argument("--reference-pcdarts", type=FilePath, default=None, metavar="DIR",
                         help="a yuhuixu1993/PC-DARTS checkout: time its search Network (K=4) beside ours")
-    parser.add_argument("--case", choices=CASES + tuple(REFERENCE_CASES), help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=FilePath, default=None, help="write the report here")
+    parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     parser.add_argument("--case-path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for key in ("C", "layers", "batch", "size", "steps", "partial_k"):
+    for key in ("C", "layers", "batch", "size", "steps", "partial_k", "nb201_cells"):
         if getattr(args, key) < 1:
-            raise UserError(f"--{key} must be at least 1, got {getattr(args, key)}")
-    check_partial_k(args.C, args.partial_k)
-    for option in REFERENCE_CASES.values():
-        folder = getattr(args, option)
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(args, key)}")
+    given = [case for case, option in REFERENCE_CASES.items() if getattr(args, option) is not None]
+    if args.cases is None:
+        args.cases = [*OWN_STEP_CASES, *given, "controller"]
+    else:
+        args.cases = [case for case in args.cases.split(",") if case]
+    unknown = [case for case in args.cases if case not in CASES]
+    if unknown or not args.cases:
+        raise UserError(f"--cases takes a comma-separated list of {', '.join(CASES)}; got {unknown or 'none'}")
+    for case, option in REFERENCE_CASES.items():
+        folder, flag = getattr(args, option), f"--{option.replace('_', '-')}"
+        if case in args.cases and folder is None:
+            raise UserError(f"case {case} needs {flag} DIR, the reference checkout's folder")
         if folder is not None and not (folder / "model_search.py").is_file():
-            raise UserError(f"--{option.replace('_', '-')} {folder} has no model_search.py; pass the reference "
-                            "checkout's folder that holds it (quark0/darts: cnn/)")
-    if args.reference_pcdarts and args.partial_k != REFERENCE_PARTIAL_K:
+            raise UserError(f"{flag} {folder} has no model_search.py; pass the reference checkout's folder that "
+                            "holds it (quark0/darts: cnn/)")
+    if "ref_pcdarts" in args.cases and args.partial_k != REFERENCE_PARTIAL_K:
         raise UserError(f"the PC-DARTS reference hard-codes K={REFERENCE_PARTIAL_K}; use --partial-k "
                         f"{REFERENCE_PARTIAL_K} with --reference-pcdarts")
+    check_partial_k(args.C, args.partial_k)
     if args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -402,9 +460,9 @@ def main(argv: list[str] | None = None) -> None:
             print(peak_memory(args.case, args, json.loads(args.case_path)))
             return
         path = sample_path(args.seed)
-        print(f"timing {', '.join(step_cases(args))}, controller interleaved ...", file=sys.stderr, flush=True)
+        print(f"timing {', '.join(args.cases)} interleaved ...", file=sys.stderr, flush=True)
         cases = time_cases(args, path)
-        for case in cases:
+        for case in args.cases:
             print(f"peak memory of {case} ...", file=sys.stderr, flush=True)
             cases[case]["peak_memory_mib"] = memory_in_subprocess(case, args, path)
         report = summarize(args, path, cases)

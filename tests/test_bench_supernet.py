@@ -11,10 +11,12 @@ import pytest
 from conftest import ROOT, load_script
 
 SCRIPT = ROOT / "experiments" / "bench_supernet.py"
-CASES = {"mixture", "partial", "path", "child", "baseline", "baseline_cl", "controller"}
-RATIOS = {"path_over_child", "mixture_over_path", "baseline_over_mixture", "baseline_cl_over_mixture",
-          "controller_fraction", "mixture_over_partial", "baseline_over_partial", "partial_memory_over_mixture",
-          "partial_memory_over_baseline"}
+CASES = {"mixture", "partial", "path", "child", "baseline", "baseline_cl", "nb201_path", "nb201_child", "controller"}
+RATIOS = {"path_over_child", "nb201_path_over_child", "mixture_over_path", "baseline_over_mixture",
+          "baseline_cl_over_mixture", "controller_fraction", "mixture_over_partial", "baseline_over_partial",
+          "partial_memory_over_mixture", "partial_memory_over_baseline"}
+TINY = ["--C", "4", "--layers", "3", "--batch", "2", "--size", "8", "--steps", "1", "--warmup", "1", "--threads", "1",
+        "--partial-k", "2", "--nb201-cells", "1"]
 
 
 def load_bench() -> ModuleType:
@@ -23,9 +25,8 @@ def load_bench() -> ModuleType:
 
 def test_bench_writes_every_key(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    command = [sys.executable, str(SCRIPT), "--C", "4", "--layers", "3", "--batch", "2", "--size", "8",
-               "--steps", "1", "--warmup", "1", "--threads", "1", "--partial-k", "2", "--json", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    command = [sys.executable, str(SCRIPT), *TINY, "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900, check=False)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert set(report["cases"]) == CASES
@@ -36,13 +37,27 @@ def test_bench_writes_every_key(tmp_path: Path) -> None:
                                                    if "memory" not in key)  # a tiny case's memory can be 0
     assert set(report["met"]) == set(report["targets"]) & RATIOS  # the reference targets need their folders
     assert report["settings"]["C"] == 4 and len(report["path"]["normal"]) == 14
+    assert report["path"]["nb201"].count("~") == 6  # the NB201 cell's architecture string
     assert "path_over_child" in result.stdout  # the printed table
 
 
-def test_bench_rejects_bad_arguments() -> None:
-    result = subprocess.run([sys.executable, str(SCRIPT), "--batch", "0"], capture_output=True, text=True,
+def test_bench_runs_only_the_chosen_cases_and_their_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    command = [sys.executable, str(SCRIPT), *TINY, "--cases", "nb201_path,nb201_child", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert set(report["cases"]) == {"nb201_path", "nb201_child"}
+    assert set(report["ratios"]) == set(report["met"]) == {"nb201_path_over_child"}
+
+
+@pytest.mark.parametrize("argv,message", [(["--batch", "0"], "--batch must be at least 1"),
+                                          (["--cases", "path,bogus"], "--cases takes a comma-separated list"),
+                                          (["--cases", "ref_darts"], "case ref_darts needs --reference-darts DIR")])
+def test_bench_rejects_bad_arguments(argv: list[str], message: str) -> None:
+    result = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True,
                             cwd=ROOT, timeout=120, check=False)
-    assert result.returncode == 2 and "--batch must be at least 1" in result.stderr
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("path,expected", [
@@ -80,13 +95,21 @@ def fake_reference(folder: Path, width: int) -> Path:
 def test_two_references_with_the_same_module_names_load_side_by_side(tmp_path: Path) -> None:
     bench = load_bench()
     first, second = fake_reference(tmp_path / "darts", 5), fake_reference(tmp_path / "pcdarts", 7)
-    args = bench.parse_args(["--C", "4", "--batch", "2", "--size", "8", "--partial-k", "2",
-                             "--reference-darts", str(first)])
     widths = [bench.load_reference(folder).WIDTH for folder in (first, second)]
     assert widths == [5, 7] and "model_search" not in sys.modules and "operations" not in sys.modules
-    step = bench.build_reference_step(first, args, bench.torch.device("cpu"))  # .cuda() made a no-op on CPU
-    step()
-    assert bench.step_cases(args)[-1] == "ref_darts"
+    args = bench.parse_args(["--C", "4", "--partial-k", "2", "--reference-darts", str(first)])
+    assert args.cases[-2:] == ["ref_darts", "controller"]  # a given reference joins the default cases
+
+
+def test_a_reference_is_timed_beside_the_partial_mixture(tmp_path: Path) -> None:
+    out, reference = tmp_path / "bench.json", fake_reference(tmp_path / "darts", 5)
+    command = [sys.executable, str(SCRIPT), *TINY, "--cases", "partial,ref_darts", "--reference-darts",
+               str(reference), "--json", str(out)]  # its .cuda() calls run on a machine without CUDA
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert set(report["cases"]) == {"partial", "ref_darts"}
+    assert {"ref_darts_over_partial", "partial_memory_over_ref_darts"} <= set(report["met"])
 
 
 def test_a_reference_folder_without_model_search_is_a_one_line_error(tmp_path: Path) -> None:

@@ -367,3 +367,33 @@ def test_probabilities_give_none_zero_so_op_dropping_drops_it_first() -> None:
     assert all((p[:, 0] == 0).all() and torch.allclose(p.sum(-1), torch.ones(14)) for p in probs.values())
     assert make_behaviour("uniform").edge_probs(torch.zeros(1, 3), torch.tensor([[False, True, True]])).tolist() == \
         [[0.0, 0.5, 0.5]]
+
+
+# Genotypes the first (per-call, Python) sampler drew for this seed: samples 1 and 2 of sample(6), then sample 3 of
+# sample(3) after one update. A faster sampler must draw the same ones from the same generator state.
+PINNED = {
+    "multinomial": [
+        [[3, 2, 6, 4, -1, -1, 5, 7, -1, -1, 7, -1, 6, -1], [1, 2, 6, 7, -1, 4, -1, -1, 6, 2, -1, 4, -1, -1]],
+        [[3, 2, 1, 4, -1, 4, -1, -1, 6, 5, -1, -1, 6, -1], [1, 2, 6, 4, -1, 4, -1, -1, 6, 4, -1, 4, -1, -1]],
+        [[3, 4, 6, 4, -1, -1, 4, 7, -1, 5, -1, -1, 6, -1], [7, 2, 6, 4, -1, 4, -1, -1, 6, 3, -1, -1, 3, -1]]],
+    "epsilon_greedy": [
+        [[3, 2, 1, 4, -1, 4, -1, -1, 6, 5, -1, -1, 6, -1], [1, 2, 1, 4, -1, 4, -1, -1, 6, 1, -1, -1, 3, -1]],
+        [[3, 2, 1, 4, -1, 4, -1, -1, 6, 5, -1, -1, 6, -1], [1, 2, 1, 4, -1, 4, -1, -1, 6, 3, -1, -1, 3, -1]],
+        [[3, 7, 5, 4, -1, 4, -1, -1, 6, 5, -1, -1, 5, -1], [7, 2, 1, 4, -1, 4, -1, -1, 6, 3, -1, -1, 3, -1]]],
+}
+
+
+@pytest.mark.parametrize("behaviour", sorted(PINNED))
+def test_sampled_genotypes_for_a_seed_are_the_pinned_ones(behaviour: str) -> None:
+    space, kept = _darts(max_skip=1)  # a binding skip limit: the skip masks shape the draws
+    controller = ReinforceController({g: (14, 8) for g in kept}, ReinforceConfig(behaviour=behaviour), 0,
+                                     torch.Generator().manual_seed(5), layouts=space.cell_layout(kept))
+    with torch.no_grad():
+        for logits in controller.parameters():
+            logits.copy_(2 * torch.randn(logits.shape, generator=torch.Generator().manual_seed(11)))
+        controller.alphas["normal"][:, DARTS_OPS.index("skip_connect")] += 2.0
+    paths = controller.sample(6)
+    controller.update(paths[:4], [0.1, 0.5, 0.2, 0.9])
+    paths += controller.sample(3)
+    got = [[paths[i]["normal"].tolist(), paths[i]["reduce"].tolist()] for i in (0, 1, 8)]
+    assert got == PINNED[behaviour]

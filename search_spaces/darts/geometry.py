@@ -6,6 +6,7 @@ Cells are grouped as normal and reduce; reductions sit at layers//3 and 2*layers
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 from torch import nn
@@ -78,6 +79,7 @@ def check_positive(**values: int) -> None:
             raise UserError(f"{key} must be a positive integer, got {value!r}")
 
 
+@functools.cache  # canonical_kept spells every kept op of every edge each time a path becomes a genotype
 def canonical(name: str) -> str:
     try:
         return canonical_op_name(name)
