@@ -7,20 +7,22 @@ Rows, each timed after warm-up steps with the switches of `run:` (nas/core/accel
                     path (one Gumbel-max op per edge, drawn per step by the GDAS controller), in steps per second
   eval              a training step of the DARTS_V2 eval network through the eval Trainer (the code train_eval.py
                     runs, auxiliary head on), in images per second
-for amp off / bf16 (and fp16 on CUDA), channels_last off / on, and for eval torch.compile off / on. Peak memory is
+for amp off / bf16 (and fp16 on CUDA) and channels_last off / on; one eval row compiles. Peak memory is
 torch.cuda.max_memory_allocated on CUDA, and on the CPU the growth of the peak RSS over the row's steps (the peak
 is reset before each row through /proc/self/clear_refs, where Linux allows it). Then DARTS_V2 trains two epochs
 with bf16 and channels_last (on the CPU in float32: bf16 without AMX is slow) and prints its train and test loss.
 
 Sizing of the full (GPU) mode, to finish in at most 8 minutes on one H200: the search rows use DARTS's search
 settings (C=16, 8 cells, batch 64, 32x32): a mixture step of that supernet takes about 0.1-0.2 s on a V100-class
-GPU in float32, so 12 rows x (3 warm-up + 10 timed) steps stay under a minute even at 0.3 s a step. The eval rows
-use the CIFAR-10 recipe's network (C=36, 20 cells, batch 96): 13 steps per row, 6 eager rows, well under a minute.
-torch.compile compiles the 20-cell network for forward and backward, which takes minutes, so only one row
-compiles (bf16, channels_last: the settings a GPU run would use), against the same row uncompiled. The two CIFAR-10
-epochs are 2 x 521 steps of batch 96 plus the 10,000 test images: DARTS's 600-epoch recipe takes about 1.5
-GPU-days on a 1080 Ti (3.6 min an epoch), and an H200 in bf16 is well over 5x faster, so about 1.5 minutes with
-8 loader workers. Total: about 5 minutes, leaving room for the compile.
+GPU in float32, so 18 rows (3 supernets x 3 amp modes x 2 layouts) x (3 warm-up + 10 timed) steps take about a
+minute even at 0.25 s a step (the path and bf16 rows are several times faster). The eval rows use the CIFAR-10
+recipe's network (C=36, 20 cells, batch 96): 13 steps per row, 6 eager rows, well under a minute. The two
+CIFAR-10 epochs are 2 x 521 steps of batch 96 plus the 10,000 test images: DARTS's 600-epoch recipe takes about
+1.5 GPU-days on a 1080 Ti (3.6 min an epoch), and an H200 in bf16 is well over 5x faster, so about 1.5 minutes
+with 8 loader workers. torch.compile compiles the 20-cell network for forward and backward, which takes a few
+minutes, so only one row compiles (bf16, channels_last: the settings a GPU run would use; compare it with the
+same eager row), and it runs last: a compile that fails or runs long costs only that row (a failure is reported
+in it). Total: about 4 minutes before the compile row.
 
     python experiments/gpu_check.py --data-root ~/.cache/pdarts-nas/cifar10 [--dataset cifar10] [--json OUT]
     python experiments/gpu_check.py --cpu [--json OUT]      # tiny sizes, under a minute on a CPU (CI)
@@ -196,7 +198,7 @@ def _search_rate(kind: str, sizes: Sizes, device: torch.device, amp: str, channe
 
 
 def table_rows(sizes: Sizes, device: torch.device) -> Iterator[dict[str, Any]]:
-    """Every measured row, as it finishes."""
+    """Every eager row, as it is measured."""
     amps = ("off", "bf16", "fp16") if device.type == "cuda" else ("off", "bf16")
     for kind in MIXTURES:
         for amp in amps:
@@ -209,11 +211,17 @@ def table_rows(sizes: Sizes, device: torch.device) -> Iterator[dict[str, Any]]:
             rate, peak = _eval_rate(sizes, device, amp, channels_last, False)
             yield {"row": "eval DARTS_V2", "amp": amp, "channels_last": channels_last, "compile": False,
                    "rate": rate, "unit": "images/s", "peak_mib": peak}
-    if sizes.compile_rows:
-        amp = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
+
+
+def compile_row(sizes: Sizes, device: torch.device) -> dict[str, Any]:
+    """The compiled eval row (bf16 where the device has it); a compile that fails gives a row saying why."""
+    amp = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "fp16"
+    row = {"row": "eval DARTS_V2", "amp": amp, "channels_last": True, "compile": True, "unit": "images/s"}
+    try:
         rate, peak = _eval_rate(sizes, device, amp, True, True)
-        yield {"row": "eval DARTS_V2", "amp": amp, "channels_last": True, "compile": True, "rate": rate,
-               "unit": "images/s", "peak_mib": peak}
+    except Exception as err:  # noqa: BLE001 - any compiler failure is this row's result, not the script's end
+        return {**row, "rate": float("nan"), "peak_mib": float("nan"), "error": f"{type(err).__name__}: {err}"[:200]}
+    return {**row, "rate": rate, "peak_mib": peak}
 
 
 # ----- the two epochs -----
@@ -260,6 +268,11 @@ def format_table(rows: list[dict[str, Any]], epochs: list[dict[str, float]], dev
     return "\n".join(lines)
 
 
+def _progress(row: dict[str, Any]) -> None:
+    print(f"measured {row['row']} amp={row['amp']} channels_last={row['channels_last']} compile={row['compile']}: "
+          f"{row['rate']:.2f} {row['unit']}{'  ' + row['error'] if 'error' in row else ''}", flush=True)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(prog="gpu_check.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -286,9 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for row in table_rows(sizes, device):
             rows.append(row)
-            print(f"measured {row['row']} amp={row['amp']} channels_last={row['channels_last']} "
-                  f"compile={row['compile']}: {row['rate']:.2f} {row['unit']}", flush=True)
+            _progress(row)
         epochs = two_epochs(sizes, device, args.dataset, args.data_root)
+        print(f"two epochs: train loss {epochs[0]['train_loss']:.4f} -> {epochs[1]['train_loss']:.4f}", flush=True)
+        if sizes.compile_rows:
+            rows.append(compile_row(sizes, device))
+            _progress(rows[-1])
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, " \
             f"{torch.get_num_threads()} threads)"
         print(format_table(rows, epochs, name))

@@ -38,3 +38,19 @@ def test_full_mode_without_cuda_is_refused_with_one_line(capsys, monkeypatch) ->
         gpu_check.main(["--data-root", "/nonexistent"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("error: no CUDA device") and err.count("\n") == 1
+
+
+def test_a_compile_that_fails_is_that_rows_result(monkeypatch) -> None:
+    gpu_check = load_script("gpu_check")
+
+    class Broken(torch.nn.Module):  # what torch.compile returns when its backend fails at the first forward
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("inductor: no C++ compiler")
+
+    def broken_compile(model):
+        return Broken()
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    row = gpu_check.compile_row(gpu_check.TINY, torch.device("cpu"))
+    assert row["compile"] and row["error"] == "RuntimeError: inductor: no C++ compiler"
+    assert row["rate"] != row["rate"]  # nan: no rate to report
