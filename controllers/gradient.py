@@ -8,6 +8,8 @@ where w+- = w +- R * grad_w' L_val(w', alpha) and R = 0.01 / ||grad_w' L_val||.
 The train passes at w, w+ and w- draw the same skip-dropout masks (one replayed RNG state): with
 masks of their own the difference quotient would divide mask noise by 2R.
 The gradient of the logits is clipped to norm `grad_clip` before Adam's step, as P-DARTS does.
+The second-order step runs in float32 with autocast off whatever `run.amp` is: its finite difference would divide
+bf16 rounding noise by 2R.
 Under torchrun every gradient is averaged over the ranks' shards before it is used (the logits' gradient, and
 for the second order also the weight gradients of the virtual step and of the finite difference), so N ranks
 compute the one-process gradient of the global batch and take the same Adam step.
@@ -154,7 +156,11 @@ class GradientController(Controller):
 
     def arch_step(self, ctx: ArchStepContext) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
-        grads = self._unrolled_grads(ctx) if self.cfg.order == 2 else self._alpha_grads(ctx, ctx.val_batch)
+        if self.cfg.order == 2:  # exact under any autocast: the finite difference divides by 2R ~ 1e-2/||grad||
+            with torch.autocast(ctx.val_batch[0].device.type, enabled=False):
+                grads = self._unrolled_grads(ctx)
+        else:
+            grads = self._alpha_grads(ctx, ctx.val_batch)
         for alpha, grad in zip(self.arch_parameters(), all_mean(grads)):
             alpha.grad = grad
         if self.cfg.grad_clip > 0:

@@ -95,7 +95,7 @@ class Depthwise(nn.Module):
     The weight lives in a plain nn.Conv2d (`conv`) that runs as-is without autograd or off the CPU (inference,
     FLOP counters), and where oneDNN is fast: undilated convs on maps at least as large as the kernel. Other
     training steps on the CPU (dilated convs, small maps) go through _DepthwiseFn, which computes the same
-    thing 2-5x faster.
+    thing 2-5x faster in float32 (under CPU autocast the conv runs as-is, in the autocast dtype).
     """
 
     def __init__(self, C: int, kernel: int, stride: int, dilation: int):
@@ -110,6 +110,6 @@ class Depthwise(nn.Module):
             fast = stride == 1 and min(x.shape[2:]) < conv.kernel_size[0]
         else:
             fast = stride in (1, d)
-        if fast and torch.is_grad_enabled() and x.device.type == "cpu":
+        if fast and torch.is_grad_enabled() and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
             return _DepthwiseFn.apply(x, conv.weight, d, stride)
         return conv(x)

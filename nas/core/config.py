@@ -5,6 +5,7 @@ Loading checks every key and type against the dataclasses and then calls the con
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -13,6 +14,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from nas.core.accel import amp_error
 from nas.core.errors import UserError
 
 T = TypeVar("T")
@@ -45,15 +47,29 @@ class SGDConfig:
 
 @dataclasses.dataclass
 class RunConfigBase:
-    """What every `run:` section holds: the seed, where runs go, the device (auto: CUDA when visible)."""
+    """What every `run:` section holds: the seed, where runs go, the device (auto: CUDA when visible), and the GPU-path
+    switches (nas/core/accel.py; their defaults are the field's standard choices, see docs/training.md)."""
 
     seed: int = 0
     out_dir: str = "runs"
     device: str = "auto"
+    amp: str | bool = "off"  # off | bf16 (autocast) | fp16 (autocast + GradScaler; CUDA only); YAML reads off as false
+    channels_last: bool = True  # the model's weights and every batch in torch.channels_last
+    cudnn_benchmark: bool = True  # torch.backends.cudnn.benchmark (CUDA only)
+    pin_memory: bool = True  # pinned host batches for the non-blocking copies (CUDA only)
+    persistent_workers: bool = False  # loader workers kept between epochs (with data.num_workers > 0)
+
+    def __post_init__(self) -> None:
+        if self.amp is False:  # a bare `off` in YAML or --set is the boolean false
+            self.amp = "off"
 
     def validate_device(self) -> None:
+        """Raise UserError for an unknown device, or a precision that device cannot run."""
         if self.device not in DEVICES:
             raise UserError(f"run.device {self.device!r} is unknown; choose one of {', '.join(DEVICES)}")
+        problem = amp_error(self.amp, self.device)
+        if problem is not None:
+            raise UserError(problem)
 
 
 def _type_name(tp: Any) -> str:
@@ -61,13 +77,18 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against the annotation `tp` (int, float, bool, str, list/tuple of those, Optional, dataclass)."""
+    """Check `value` against the annotation `tp` (int, float, bool, str, list/tuple of those, a union of those (the
+    first type that fits wins), Optional, dataclass)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
-        return _coerce(value, next(t for t in options if t is not type(None)), where)
+        *others, last = [t for t in options if t is not type(None)]
+        for option in others:
+            with contextlib.suppress(UserError):
+                return _coerce(value, option, where)
+        return _coerce(value, last, where)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise UserError(f"config error: {where} must be a mapping of keys, got {value!r}")

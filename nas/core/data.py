@@ -335,25 +335,26 @@ def search_split(n: int, train_portion: float) -> tuple[list[int], list[int]]:
 
 
 def make_loader(dataset: Dataset, sampler: Sampler[int], batch_size: int, num_workers: int = 0,
-                augment: BatchAugment | None = None) -> DataLoader:
+                augment: BatchAugment | None = None, feed: dict[str, Any] | None = None) -> DataLoader:
     """A DataLoader over `sampler` that keeps partial last batches of at least 2 images (BatchNorm needs 2),
-    augmenting each batch with `augment` when given.
+    augmenting each batch with `augment` when given; `feed` adds DataLoader keywords (pin_memory,
+    persistent_workers: nas.core.accel.loader_options).
 
     It has its own generator, so starting an epoch never draws from the global RNG (resumes stay exact).
     """
     kwargs: dict[str, Any] = {"batch_size": batch_size, "sampler": sampler, "num_workers": num_workers,
-                              "drop_last": len(sampler) % batch_size == 1, "pin_memory": torch.cuda.is_available(),
-                              "generator": torch.Generator()}
+                              "drop_last": len(sampler) % batch_size == 1, "generator": torch.Generator(),
+                              **(feed or {})}
     return DataLoader(dataset, **kwargs) if augment is None else AugmentedLoader(dataset, augment=augment, **kwargs)
 
 
-def search_loaders(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1
+def search_loaders(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1, feed: dict[str, Any] | None = None
                    ) -> tuple[ImageData, DataLoader, DataLoader]:
     """The training set, unaugmented (for evaluations), and the loaders of its weight half and its architecture
     half (of its first `cfg.limit` images when given), whose batches are augmented when `cfg.augment`.
 
     `cfg.batch_size` is the global batch: under torchrun each rank loads its piece of every batch of both halves
-    (EpochSampler), batch_size // world_size images."""
+    (EpochSampler), batch_size // world_size images. `feed`: make_loader's."""
     if cfg.batch_size % world_size or cfg.batch_size < 2 * world_size:
         raise UserError(f"data.batch_size {cfg.batch_size} is the global batch; it must split evenly over the "
                         f"{world_size} processes with at least 2 images each")
@@ -364,7 +365,7 @@ def search_loaders(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 
     augment = BatchAugment.for_search(cfg.dataset, data.size) if cfg.augment else None
     loaders = [
         make_loader(data.dataset, EpochSampler(idx, seed + k, cfg.batch_size, rank, world_size),
-                    cfg.batch_size // world_size, cfg.num_workers, augment)
+                    cfg.batch_size // world_size, cfg.num_workers, augment, feed)
         for k, idx in enumerate((w_idx, a_idx))
     ]
     return data, loaders[0], loaders[1]

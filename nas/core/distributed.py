@@ -53,15 +53,23 @@ def world() -> DistInfo:
     return DistInfo(tdist.get_rank(), tdist.get_world_size(), dist_info().local_rank)
 
 
+def backend_for(device: torch.device) -> str:
+    """The process group backend for a rank on `device`: nccl on CUDA, gloo on the CPU."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
 @contextlib.contextmanager
 def process_group(info: DistInfo, device: torch.device) -> Iterator[None]:
-    """Join the torchrun job for the duration of the block (nccl on CUDA, gloo on the CPU); alone, do nothing."""
+    """Join the torchrun job for the duration of the block (backend_for(device); under nccl the group is bound to
+    this rank's GPU); alone, do nothing."""
     if info.world_size == 1:
         yield
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        tdist.init_process_group(backend_for(device), device_id=device)
+    else:
+        tdist.init_process_group(backend_for(device))
     try:
         yield
     finally:

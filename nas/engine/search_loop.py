@@ -16,11 +16,11 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader
 
 from controllers.base import ArchStepContext, StageContext
 from controllers.registry import controller_class
+from nas.core.accel import Precision, loader_options, memory_format, set_cudnn_benchmark
 from nas.core.arch_types import KeptOps
 from nas.core.batchnorm import batch_stat_eval
 from nas.core.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
@@ -95,7 +95,9 @@ class StageRunner:
         p = search.progress
         if state is None:
             seed_everything(self.cfg.run.seed + STAGE_SEED_STRIDE * (stage + 1))  # a stage repeats alone
-        self.model = search.space.build_supernet(p.kept_ops, self.cfg.stages.layers[stage]).to(search.device)
+        self.model = search.space.build_supernet(p.kept_ops, self.cfg.stages.layers[stage]).to(
+            search.device, memory_format=search.memory_format)
+        self.precision = Precision(self.cfg.run.amp, search.device)
         self.generator = torch.Generator().manual_seed(self.cfg.run.seed + stage)
         controller_ctx = StageContext(sections=self.cfg.controller_sections, space=search.space, kept_ops=p.kept_ops,
                                       stage=stage, num_stages=self.cfg.num_stages, generator=self.generator)
@@ -114,6 +116,8 @@ class StageRunner:
             self.scheduler.load_state_dict(state["scheduler"])
             self.generator.set_state(state["generator"])
             self.val_batches = CyclingBatches(search.val_loader, **state["val_cursor"])
+            if state.get("scaler"):  # fp16: the GradScaler's scale and growth tracker
+                self.precision.scaler.load_state_dict(state["scaler"])
         self.regularisers: dict[str, float] = {}  # the space's regulariser values of the current epoch
         self.epoch_lr = self.scheduler.get_last_lr()[0]
         dist = search.dist
@@ -129,18 +133,21 @@ class StageRunner:
         return {"model": self.model.state_dict(), "controller": self.controller.state_dict(),
                 "w_opt": self.w_opt.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "generator": self.generator.get_state(), "val_cursor": self.val_batches.state(),
+                "scaler": self.precision.scaler.state_dict(),
                 "ranks": gather_objects({"rng": rng_state(), "sums": dict(self.search.progress.sums)})}
 
     # ----- steps -----
     def _batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
-        return x.to(self.search.device, non_blocking=True), y.to(self.search.device, non_blocking=True)
+        x = x.to(self.search.device, non_blocking=True).contiguous(memory_format=self.search.memory_format)
+        return x, y.to(self.search.device, non_blocking=True)
 
     def _arch_step(self, train_batch, step: int) -> dict[str, float]:
         ctx = ArchStepContext(model=self.model, criterion=F.cross_entropy, train_batch=train_batch,
                               val_batch=self._batch(next(self.val_batches)), w_optimizer=self.w_opt,
                               lr=self.scheduler.get_last_lr()[0], stage=self.stage, step=step)
-        metrics = self.controller.arch_step(ctx)
+        with self.precision.arch_autocast():
+            metrics = self.controller.arch_step(ctx)
         if not all(torch.isfinite(a).all() for a in self.controller.parameters()):
             raise TrainingDiverged(self.search.where("architecture logits became non-finite"))
         return metrics
@@ -148,9 +155,10 @@ class StageRunner:
     def _weight_step(self, x: torch.Tensor, y: torch.Tensor, forward_kwargs: dict[str, Any]) -> torch.Tensor:
         self.model.train()
         self.w_opt.zero_grad(set_to_none=True)
-        logits = self.model(x, **forward_kwargs)
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
+        with self.precision.autocast():
+            logits = self.model(x, **forward_kwargs)
+            loss = F.cross_entropy(logits, y)
+        self.precision.backward(loss)
         diverged = average_gradients(self.params, loss)  # under torchrun: the mean over the ranks' shards (and paths)
         if diverged:  # every rank stops at this step, before the weights move
             local, ranks = loss.item(), self.search.dist.world_size
@@ -158,9 +166,7 @@ class StageRunner:
             if ranks > 1:
                 what += f" on rank {', '.join(map(str, diverged))} of {ranks}"
             raise TrainingDiverged(self.search.where(what))
-        if self.cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.params, self.cfg.optim.grad_clip)
-        self.w_opt.step()
+        self.precision.step(self.w_opt, self.params, self.cfg.optim.grad_clip)
         p = self.search.progress
         p.sums["loss"] += loss.item() * len(y)
         p.sums["correct"] += (logits.argmax(1) == y).sum().item()
@@ -204,11 +210,11 @@ class StageRunner:
         mode = batch_stat_eval(self.model) if "path" in forward_kwargs else contextlib.nullcontext()
         if "weights" in forward_kwargs:
             self.model.eval()
-        with mode, torch.no_grad():
+        with mode, torch.no_grad(), self.precision.autocast():
             for x, y in self.search.val_eval_loader:
                 x, y = self._batch((x, y))
                 logits = self.model(x, **forward_kwargs)
-                total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+                total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
                 correct += (logits.argmax(1) == y).sum().item()
                 count += len(y)
         self.model.train()
@@ -260,14 +266,18 @@ class Search:
         self.cfg, self.run_dir = cfg, run_dir
         self.dist = world()  # under torchrun: this rank's shard of every batch; rank 0 alone writes
         self.device = resolve_device(cfg.run.device, self.dist.local_rank)
+        self.memory_format = memory_format(cfg.run.channels_last)
+        set_cudnn_benchmark(cfg.run.cudnn_benchmark, self.device)
+        feed = loader_options(cfg.run, self.device, cfg.data.num_workers)
         data, self.train_loader, self.val_loader = search_loaders(cfg.data, cfg.run.seed, self.dist.rank,
-                                                                  self.dist.world_size)
+                                                                  self.dist.world_size, feed)
         self.val_batches_per_epoch = len(self.val_loader)  # a policy epoch; the loader's len shrinks on resume
         val_indices = self.val_loader.sampler.indices
         eval_batch = cfg.data.batch_size * 2
         shard = shard_positions(len(val_indices), eval_batch, self.dist.rank, self.dist.world_size).tolist()
         self.val_eval_loader = DataLoader(torch.utils.data.Subset(data.dataset, [val_indices[i] for i in shard]),
-                                          batch_size=eval_batch // self.dist.world_size)
+                                          batch_size=eval_batch // self.dist.world_size,
+                                          pin_memory=feed["pin_memory"])
         self.space = space_class(cfg.space).from_config(cfg.space_sections, data)
         self.data = data
         self.only_stage, self.resume = only_stage, resume

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
+from nas.core.accel import Precision, compiled, loader_options, memory_format, set_cudnn_benchmark
 from nas.core.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from nas.core.config import RunConfigBase, SGDConfig, build_dataclass, load_config, to_dict
 from nas.core.data import DATASETS, ImageData, load_dataset
@@ -54,7 +55,9 @@ EVAL_DATASETS: tuple[str, ...] = (*DATASETS, "imagenet")
 IMAGENET_DATASETS: tuple[str, ...] = ("imagenet", "imagefolder")
 # Keys that may differ on --resume: where the data lives and how it is fed; the rest fixes the run's result.
 RESUME_KEYS = ("data.root", "data.download", "data.num_workers", "run.device", "run.amp", "run.channels_last",
-               "run.out_dir")
+               "run.cudnn_benchmark", "run.pin_memory", "run.persistent_workers", "run.compile_eval", "run.out_dir")
+# What a run saved before run.amp and run.channels_last were typed meant by its values there (null: off on the CPU).
+LEGACY_RUN_VALUES = {"amp": {None: "off", False: "off", True: "bf16"}, "channels_last": {None: False}}
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -95,10 +98,9 @@ class EvalTrainConfig(SGDConfig):
 
 @dataclass
 class EvalRunConfig(RunConfigBase):
-    """The `run:` section: seed, device and precision (None = automatic: on for CUDA, off for CPU)."""
+    """The `run:` section: seed, device, the GPU-path switches, and torch.compile of the network (`compile_eval`)."""
 
-    amp: bool | None = None
-    channels_last: bool | None = None
+    compile_eval: bool = False
 
 
 @dataclass
@@ -159,6 +161,11 @@ def resumed_config(saved: dict[str, Any], overrides: Sequence[str]) -> EvalConfi
     """The saved config of a run; overrides may change only RESUME_KEYS (others must repeat the saved value)."""
     # A run saved before model.network existed built the CIFAR network whatever its dataset.
     saved = {**saved, "model": {"network": "cifar", **saved.get("model", {})}}
+    run = dict(saved.get("run", {}))
+    for key, meanings in LEGACY_RUN_VALUES.items():
+        if key in run and not isinstance(run[key], str) and run[key] in meanings:
+            run[key] = meanings[run[key]]
+    saved["run"] = run
     config = build_dataclass(EvalConfig, saved)
     if overrides:
         wanted = load_config(EvalConfig, None, overrides)  # checks keys and types
@@ -236,18 +243,19 @@ class EvalData:
     """Train and test loaders whose order and worker seeds depend only on (seed, epoch, rank)."""
 
     def __init__(self, train: ImageData, test: ImageData, batch_size: int, num_workers: int | None, seed: int,
-                 info: DistInfo):
+                 info: DistInfo, run: RunConfigBase, device: torch.device):
+        """`run` and `device` decide pinned memory and persistent workers (nas.core.accel.loader_options)."""
         per_rank = batch_size // info.world_size
         workers = num_workers if num_workers is not None else self._auto_workers(train, info)
-        pin = torch.cuda.is_available()
+        feed = loader_options(run, device, workers)
         self.seed, self.rank = seed, info.rank
         self.sampler = DistributedSampler(train.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                           seed=seed)
         self.generator = torch.Generator()
         self.train = DataLoader(train.dataset, batch_size=per_rank, sampler=self.sampler, num_workers=workers,
-                                drop_last=len(self.sampler) % per_rank == 1, pin_memory=pin, generator=self.generator)
+                                drop_last=len(self.sampler) % per_rank == 1, generator=self.generator, **feed)
         shard = list(range(info.rank, len(test.dataset), info.world_size))  # every test image exactly once
-        self.test = DataLoader(test.dataset, batch_size=per_rank, sampler=shard, num_workers=workers, pin_memory=pin)
+        self.test = DataLoader(test.dataset, batch_size=per_rank, sampler=shard, num_workers=workers, **feed)
 
     @staticmethod
     def _auto_workers(data: ImageData, info: DistInfo) -> int:
@@ -274,46 +282,45 @@ class Trainer:
     def __init__(self, config: EvalConfig, net: nn.Module, device: torch.device, info: DistInfo):
         self.config, self.net, self.device, self.info = config, net, device, info
         run, train = config.run, config.train
-        on_cuda = device.type == "cuda"
-        amp = on_cuda if run.amp is None else run.amp
-        bf16 = not on_cuda or torch.cuda.is_bf16_supported()
-        self.amp_dtype = (torch.bfloat16 if bf16 else torch.float16) if amp else None
-        self.memory_format = torch.channels_last if (on_cuda if run.channels_last is None else run.channels_last) \
-            else torch.contiguous_format
+        self.memory_format = memory_format(run.channels_last)
         net.to(device=device, memory_format=self.memory_format)
-        self.model: nn.Module = DistributedDataParallel(net, device_ids=[device.index] if on_cuda else None) \
+        model: nn.Module = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) \
             if info.world_size > 1 else net
-        self.optimizer = torch.optim.SGD(net.parameters(), lr=train.lr, momentum=train.momentum,
+        self.model = compiled(model, self._warn) if run.compile_eval else model
+        self.params = list(net.parameters())
+        self.optimizer = torch.optim.SGD(self.params, lr=train.lr, momentum=train.momentum,
                                          weight_decay=train.weight_decay)
         if train.scheduler == "cosine":
             self.scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
                 self.optimizer, T_max=train.epochs, eta_min=train.lr_min)
         else:
             self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=train.lr_gamma)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.amp = Precision(run.amp, device)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
+
+    def _warn(self, message: str) -> None:
+        if self.info.is_main:
+            tqdm.write(message)
 
     @property
     def precision(self) -> str:
-        return "fp32" if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch.")
+        return self.amp.name
 
     def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer, lr schedule and the GradScaler (its scale and growth tracker under fp16, else empty)."""
         return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+                "scheduler": self.scheduler.state_dict(), "scaler": self.amp.scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
+            self.amp.scaler.load_state_dict(state["scaler"])
 
     def _batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         return x, y.to(self.device, non_blocking=True)
-
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     def _all_sum(self, values: list[float]) -> list[float]:
         """Sums over this trainer's ranks (a one-process trainer inside a torchrun search keeps its own)."""
@@ -339,18 +346,14 @@ class Trainer:
                    disable=not (self.info.is_main and sys.stdout.isatty()))
         for step, (x, y) in enumerate(bar):
             x, y = self._batch(x, y)
-            with self._autocast():
+            with self.amp.autocast():
                 logits, aux = self.model(x)
                 loss = self.criterion(logits, y)
                 total = loss if aux is None else loss + aux_weight * self.criterion(aux, y)
             self._check_finite(total, epoch, step, last_good)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            if clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.net.parameters(), clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self.amp.backward(total)
+            self.amp.step(self.optimizer, self.params, clip)
             n = y.size(0)
             loss_sum += loss.item() * n
             correct += round(accuracy(logits, y)[0] * n / 100)
@@ -369,7 +372,7 @@ class Trainer:
         loss_sum = c1 = c5 = count = 0.0
         for x, y in loader:
             x, y = self._batch(x, y)
-            with self._autocast():
+            with self.amp.autocast():
                 logits, _ = self.net(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
             top1, top5 = accuracy(logits, y, (1, k))
@@ -415,7 +418,8 @@ class EvalRun:
                                       auxiliary=cfg.model.auxiliary, network=cfg.network)
         self.params_m = count_parameters(net, exclude="auxiliary") / 1e6
         self.flops_m = flops_millions(net, self.input_shape)
-        self.data = EvalData(train, test, cfg.train.batch_size, d.num_workers, cfg.run.seed, info)
+        self.data = EvalData(train, test, cfg.train.batch_size, d.num_workers, cfg.run.seed, info, cfg.run,
+                             self.device)
         self.net = net
 
     def log(self, message: str) -> None:
@@ -522,7 +526,6 @@ def run_eval(genotype_spec: str | None, config_path: str | None = None, run_dir:
     info = dist_info()
     setup = prepare(genotype_spec, config_path, run_dir, resume, overrides)
     run = EvalRun(setup, info)
-    if run.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    set_cudnn_benchmark(setup.config.run.cudnn_benchmark, run.device)
     with process_group(info, run.device):
         return run.train()
