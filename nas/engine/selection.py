@@ -14,7 +14,8 @@
   the search's training half, and keeps the best validation accuracy on the architecture half.
 
 At every stage's end the max(10, `rescore`) best distinct samples (by sampled reward) and the argmax architecture
-are rescored with the stage's final supernet on the whole architecture half: the SBO check compares the mean
+are rescored with the stage's final supernet on the whole architecture half (a controller with a training-free
+reward rescores with its estimator instead: `Controller.rescore_accuracy`): the SBO check compares the mean
 rescored reward of the top 10 with the argmax architecture's reward on the same data (as the seed did: samples
 better than the argmax mean the policy has not converged on its best find). Sampled rewards never enter the
 comparison: the best of many one-batch rewards would beat the argmax's whole-half reward by noise alone.
@@ -84,10 +85,12 @@ def distinct_samples(controller: Controller, space: Any, kept_ops: KeptOps) -> l
 
 
 def rescore(arch: Any, controller: Controller, space: Any, kept_ops: KeptOps, evaluate: Evaluate) -> dict[str, Any]:
-    """An architecture's accuracy (%) on the whole architecture half with the stage's supernet, and its reward."""
-    _, acc = evaluate(path=space.architecture_path(arch, kept_ops))
+    """An architecture's accuracy (%) as the controller rescores it (the stage's supernet on the whole architecture
+    half, or a training-free estimator: `rescored_by`), and its reward."""
+    acc, source = controller.rescore_accuracy(space, kept_ops, arch, evaluate)
     reward, costs = controller.reward(arch, acc / 100)
-    return {"val_acc": round(acc, 3), "val_reward": round(reward, 6), **{k: round(v, 6) for k, v in costs.items()}}
+    return {"val_acc": round(acc, 3), "val_reward": round(reward, 6), "rescored_by": source,
+            **{k: round(v, 6) for k, v in costs.items()}}
 
 
 def stage_candidates(controller: Controller, space: Any, kept_ops: KeptOps, argmax: Any, evaluate: Evaluate,
