@@ -2,10 +2,15 @@
 
 Each stage draws architectures uniformly over its kept ops and scores each at initialisation
 (controllers/estimator_samples.py). The network "with op o removed from edge e" is read as the kept ops without o
-on e, and its estimator value as the mean ensemble score of the draws that do not run o on e; the importance of o
+on e, and its estimator value as the mean ensemble score of the architectures over those ops; the importance of o
 on e is how much removing it lowers that value:
 
-    importance(e, o) = mean(all draws) - mean(draws whose edge e is not o).
+    importance(e, o) = mean(over the kept ops) - mean(over the kept ops without o on e),
+
+both means taken under an additive model (a value per edge and op) fitted to the draws' scores by least squares,
+which takes out the other edges' variance that plain means over the draws would carry. The score fitted is a
+draw's rank fraction among the stage's draws by the ensemble score (in (0, 1], spread evenly), so neither an
+outlier nor the ensemble's log ranks, which stretch the bottom, dominate the fit.
 
 The logits are set to these importances, so the stage's end drops on every edge the ops whose removal changes the
 estimator least (`stages.keep`, the space's usual pruning) and the last stage derives the most important op.
@@ -32,6 +37,8 @@ from controllers.estimator_samples import EstimatorSearchConfig, ScoredSamples
 from nas.core.arch_types import KeptOps, OpIndices
 from nas.core.errors import UserError
 
+RIDGE = 1e-3  # the least-squares fit's ridge, so ops drawn together (or never) leave it solvable
+
 
 @dataclass
 class EstimatorPruningConfig(EstimatorSearchConfig):
@@ -50,25 +57,37 @@ class EstimatorPruningConfig(EstimatorSearchConfig):
 
 def importance(paths: list[OpIndices], scores: list[float], shapes: dict[str, tuple[int, int]]
                ) -> dict[str, torch.Tensor]:
-    """Per group [edges, ops]: mean of all scores minus the mean over the draws whose edge does not run the op; an op
-    no draw ran gets the edge's lowest importance minus one, an op every draw ran the highest plus one."""
-    s = torch.tensor(scores, dtype=torch.float64)
+    """Per group [edges, ops]: the fall of the mean score over the kept ops when the op is removed from the edge,
+    mean(all) - mean(without it), both under an additive model fitted to the draws by least squares (score = sum
+    over edges of a value per edge and op): the mean of an edge's op values over the ops kept, with or without
+    this one. An op no draw ran ranks below every drawn op of its edge, the edge's only drawn op above."""
+    offsets, total = {}, 0
+    for group, (edges, ops) in shapes.items():
+        offsets[group], total = total, total + edges * ops
+    design = torch.zeros(len(paths), total, dtype=torch.float64)
+    for i, path in enumerate(paths):
+        for group, (_, ops) in shapes.items():
+            for e, k in enumerate(path[group].tolist()):
+                if k >= 0:
+                    design[i, offsets[group] + e * ops + k] = 1.0
+    y = torch.tensor(scores, dtype=torch.float64)
+    gram = design.T @ design + RIDGE * torch.eye(total, dtype=torch.float64)
+    values = torch.linalg.solve(gram, design.T @ (y - y.mean()))
+    drawn = design.sum(0) > 0
     out = {}
     for group, (edges, ops) in shapes.items():
-        chosen = torch.stack([p[group] for p in paths])  # [draws, edges]
-        table = torch.zeros(edges, ops, dtype=torch.float64)
+        block = values[offsets[group]:offsets[group] + edges * ops].view(edges, ops)
+        seen = drawn[offsets[group]:offsets[group] + edges * ops].view(edges, ops)
+        table = torch.empty(edges, ops, dtype=torch.float64)
         for e in range(edges):
+            kept = block[e][seen[e]]
             for k in range(ops):
-                runs = chosen[:, e] == k
-                if not runs.any() or runs.all():
-                    table[e, k] = float("nan")
-                else:
-                    table[e, k] = s.mean() - s[~runs].mean()
-            seen = table[e][~table[e].isnan()]
-            low, high = (seen.min() - 1, seen.max() + 1) if len(seen) else (-1.0, 1.0)
-            for k in range(ops):
-                if table[e, k].isnan():
-                    table[e, k] = high if (chosen[:, e] == k).all() else low
+                if seen[e, k] and len(kept) > 1:
+                    table[e, k] = kept.mean() - (kept.sum() - block[e, k]) / (len(kept) - 1)
+            ranked = table[e][seen[e]] if len(kept) > 1 else torch.zeros(1, dtype=torch.float64)
+            table[e][~seen[e]] = ranked.min() - 1
+            if len(kept) == 1:
+                table[e][seen[e]] = 1.0
         out[group] = table.float()
     return out
 
@@ -128,7 +147,9 @@ class EstimatorPruningController(Controller):
 
     def _set_importance(self) -> None:
         shapes = {group: (alpha.shape[0], alpha.shape[1]) for group, alpha in self.alphas.items()}
-        table = importance(self.samples.paths, self.samples.scores(), shapes)
+        scores = torch.tensor(self.samples.scores())
+        fractions = (scores[None, :] <= scores[:, None]).double().mean(1)  # each draw's rank among the draws
+        table = importance(self.samples.paths, fractions.tolist(), shapes)
         with torch.no_grad():
             for group, alpha in self.alphas.items():
                 alpha.copy_(table[group].to(alpha.device))

@@ -457,6 +457,7 @@ class ReinforceController(Controller):
         return {"best_recent": recent, "argmax_acc": summary.get("reinforce/argmax_acc"),
                 "argmin_acc": summary.get("reinforce/argmin_acc"),
                 "best_recent_acc": summary.get("reinforce/best_recent_acc"),
+                **({"estimator_evaluations": len(self.estimator_reward.scores)} if self.estimator_reward else {}),
                 **({"latency_table": self.latency_table} if self.latency_table else {})}
 
     def stage_texts(self, entries: dict[str, Any]) -> dict[str, str]:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from controllers.base import Controller, Evaluate
@@ -143,6 +144,19 @@ def vote(paths: Sequence[OpIndices], layouts: dict[str, CellLayout] | None) -> O
     return result
 
 
+class LogitsAndAux(nn.Module):
+    """A network as the eval trainer takes it: forward returns (logits, auxiliary logits or None), whether the
+    network returns that pair (DARTS) or its logits alone (NB201)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.net(x)
+        return out if isinstance(out, tuple) else (out, None)
+
+
 def probe_accuracy(space: Any, arch: Any, data: Any, train_set: Dataset, val_set: Dataset, batch_size: int,
                    cfg: SelectConfig, device: torch.device, seed: int) -> float:
     """Validation top-1 (%) of `arch` trained from scratch for cfg.probe_epochs with the eval trainer's code, on
@@ -159,7 +173,8 @@ def probe_accuracy(space: Any, arch: Any, data: Any, train_set: Dataset, val_set
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             seed_everything(seed)
-            net = space.eval_network(arch, data, C=cfg.probe_C, layers=cfg.probe_layers, auxiliary=False)
+            net = LogitsAndAux(space.eval_network(arch, data, C=cfg.probe_C, layers=cfg.probe_layers,
+                                                  auxiliary=False))
             trainer = Trainer(config, net, device, DistInfo(0, 1, 0))
             for epoch in range(cfg.probe_epochs):
                 generator.manual_seed(seed + epoch)
@@ -202,12 +217,13 @@ def final_choice(entry: dict[str, Any], cfg: SelectConfig, probe: Callable[[dict
         picked, source = entry["vote"], f"per-decision majority of the top {cfg.top_k} samples"
         selection["vote"] = entry["vote"]
     elif cfg.select == "probe":
-        pool = [argmax, *candidates[:cfg.top_k]]
+        top = candidates[:cfg.top_k]
+        pool = [argmax, *(c for c in top if c["genotype"] != argmax["genotype"])]  # each architecture trained once
         for candidate, acc in zip(pool, probe_pool(pool, probe)):
             candidate["probe_acc"] = round(acc, 3)
         best = max(range(len(pool)), key=lambda i: (pool[i]["probe_acc"], -i))
         picked = pool[best]
-        source = "argmax" if best == 0 else f"sample {best} (of the top {cfg.top_k} by sampled reward)"
+        source = "argmax" if best == 0 else f"sample {top.index(picked) + 1} (of the top {cfg.top_k} by sampled reward)"
         source += f", best probe accuracy {picked['probe_acc']:.2f}%"
     selection["picked"] = {"genotype": picked["genotype"], "record": picked["record"], "by": cfg.select,
                            "source": source}
