@@ -1,6 +1,7 @@
 """Training-free estimators in the search (docs/estimators.md): the end-of-stage rescoring with an estimator reward,
 progressive pruning by an estimator (controllers/estimator_pruning.py), the best of N random cells by an estimator
-(controllers/random_estimator.py), and the NB201 study's estimator methods, which never read the table."""
+(controllers/random_estimator.py), and the NB201 study's estimator methods, which never read the table (their smoke
+runs: tests/test_nb201_weight_sharing.py runs the other methods')."""
 from __future__ import annotations
 
 import builtins
