@@ -134,6 +134,12 @@ class Controller(nn.Module, ABC):
         """The stage's reward of an architecture with validation accuracy `accuracy` (0..1), and its costs."""
         raise NotImplementedError(f"the {self.name} controller does not score architectures")
 
+    def rescore_accuracy(self, space: Any, kept_ops: KeptOps, arch: Any, evaluate: Evaluate) -> tuple[float, str]:
+        """The accuracy (%) the stage's reward of `arch` is computed from when the stage's end rescores it
+        (search.select, the SBO check), and what measured it. Default: the top-1 on the whole architecture half of
+        the stage's supernet running `arch`; a controller whose reward is training-free answers with its own."""
+        return evaluate(path=space.architecture_path(arch, kept_ops))[1], "supernet"
+
     def arch_active(self, epoch: int, warmup: int) -> bool:
         """Whether training epoch `epoch` interleaves architecture steps (default: after the warm-up)."""
         return epoch >= warmup

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from controllers.base import Controller
+from controllers.estimator_pruning import EstimatorPruningController
 from controllers.gdas import GdasController
 from controllers.gradient import GradientController
+from controllers.random_estimator import RandomEstimatorController
 from controllers.reinforce import ReinforceController
 from controllers.rsps import RspsController
 from nas.core.registry import lookup
@@ -13,6 +15,8 @@ CONTROLLERS: dict[str, type[Controller]] = {
     ReinforceController.name: ReinforceController,
     GdasController.name: GdasController,
     RspsController.name: RspsController,
+    EstimatorPruningController.name: EstimatorPruningController,
+    RandomEstimatorController.name: RandomEstimatorController,
 }
 
 

@@ -373,6 +373,14 @@ class ReinforceController(Controller):
             raise ValueError("ReinforceController needs reward_fn (from_config sets it)")
         return self.reward_fn(arch, accuracy)
 
+    def rescore_accuracy(self, space: Any, kept_ops: KeptOps, arch: Any, evaluate: Evaluate) -> tuple[float, str]:
+        """With a training-free reward, 100 x the estimator's rank of `arch` among the sampled architectures (what its
+        reward stands on; a new one is not recorded), not the untrained supernet's accuracy."""
+        if self.estimator_reward is None:
+            return super().rescore_accuracy(space, kept_ops, arch, evaluate)
+        rank = self.estimator_reward.rank(arch, record=False)
+        return 100 * rank, f"estimator {'+'.join(self.estimator_reward.members)}"
+
     def best_recent(self) -> tuple[OpIndices, float] | None:
         """The max-reward (path, reward) among the last `last_n` samples; None before any update."""
         return max(self.recent, key=lambda pair: pair[1]) if self.recent else None
@@ -449,6 +457,7 @@ class ReinforceController(Controller):
         return {"best_recent": recent, "argmax_acc": summary.get("reinforce/argmax_acc"),
                 "argmin_acc": summary.get("reinforce/argmin_acc"),
                 "best_recent_acc": summary.get("reinforce/best_recent_acc"),
+                **({"estimator_evaluations": len(self.estimator_reward.scores)} if self.estimator_reward else {}),
                 **({"latency_table": self.latency_table} if self.latency_table else {})}
 
     def stage_texts(self, entries: dict[str, Any]) -> dict[str, str]:

@@ -10,8 +10,9 @@ architecture. With m_base the stage's `reward.p_base` (in the metric's unit):
   it and R = acc * (m / m_base) ** beta past it, beta < 0 per stage (`reward.beta`).
 
 `reward.estimator` sets what acc is: ``oneshot`` (the default), the sampled path's validation accuracy in the
-supernet; or a training-free estimator (nas/core/estimators: one name, or ``ensemble``), whose running rank among the
-architectures seen so far, in (0, 1], stands in for the accuracy (nas/core/estimators/reward.py).
+supernet; or a training-free estimator (nas/core/estimators: one name, ``ensemble``, or names joined by "+"), whose
+running rank among the architectures seen so far, in (0, 1], stands in for the accuracy
+(nas/core/estimators/reward.py).
 """
 from __future__ import annotations
 
@@ -19,8 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from nas.core.errors import UserError
-from nas.core.estimators.registry import estimator
-from nas.core.estimators.reward import ENSEMBLE, reward_members
+from nas.core.estimators.reward import check_reward_name
 from nas.core.latency_table import LatencyTable, load_table
 
 METRICS = ("params", "flops", "latency")
@@ -40,7 +40,7 @@ class RewardConfig:
     beta: list[float] | None = None  # per stage (hard mode); None: -1 in every stage (MnasNet's hard constraint)
     p_base: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     latency_table: str | None = None
-    estimator: str = ONESHOT  # oneshot | ensemble | an estimator name (nas/core/estimators/registry.py)
+    estimator: str = ONESHOT  # oneshot | ensemble | an estimator name | names joined by "+"
 
     def validate(self, num_stages: int) -> None:
         """Raise UserError naming the first bad field (the latency table is read; a stage checks that it fits)."""
@@ -71,12 +71,7 @@ class RewardConfig:
         if self.latency_table:
             self.table()
         if self.estimator != ONESHOT:
-            try:
-                for name in reward_members(self.estimator):
-                    estimator(name)
-            except UserError:
-                raise UserError(f"reward.estimator is {self.estimator!r}; choose {ONESHOT}, {ENSEMBLE} or an "
-                                f"estimator of nas/core/estimators/registry.py") from None
+            check_reward_name("reward.estimator", self.estimator, ONESHOT)
 
     def table(self) -> LatencyTable | None:
         """The latency table, of any device (the target whose latency the reward charges), or None without one."""

@@ -9,6 +9,11 @@
     DARTS first and second order, GDAS, REINFORCE with each behaviour policy, P-DARTS progressive dropping and
     random search with parameter sharing (the rsps controller), PC-DARTS (partial channels K=4, edge
     normalisation, first order). The table judges each found cell at the end only.
+(c) Training-free searches (docs/estimators.md), every one on the rank ensemble ZC of estimators scored on the
+    benchmark's network (C=16, N=5) at initialisation, no weight trained: REINFORCE with the estimator reward
+    (`reinforce_zc`), progressive pruning by the estimator in four stages (`prune_zc`), the best of N random cells
+    by it (`random_zc`), and the hybrid (`hybrid_zc`): the same N random cells, the top_k best by the estimator
+    trained briefly from scratch (search.select=probe) and the best of those by validation accuracy kept.
 
     python experiments/nb201_weight_sharing.py --smoke          # every method and the ranking, ~2 min on 2 cores
     python experiments/nb201_weight_sharing.py                  # the default benchmark, ~60 min on 2 cores
@@ -16,13 +21,15 @@
 
 OUT/results.json: `ranking: {kendall_tau, spearman_rho, precision_top5pct, ...}` (the uniform-over-ops supernet
 with recalibrated BatchNorm; every variant and both BatchNorm modes under `variants`) and
-`search: {method: {test_acc_mean, test_acc_std, archs, wall_s, ...}}`. Finished searches and rankings in OUT are
+`search: {method: {test_acc_mean, test_acc_std, archs, wall_s, cpu_s, ...}}` (cpu_s: the search's process CPU
+seconds, mean over seeds). Finished searches and rankings in OUT are
 reused when their settings match, so a rerun after an interruption does only what is missing.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import sys
 import time
@@ -49,14 +56,21 @@ from nas.engine.search_config import SearchConfig
 from search_spaces.nb201 import code_to_arch
 
 ROOT = Path(__file__).resolve().parents[1]
+CPU_FILE = "cpu.json"  # a search's process CPU seconds, next to its genotype.json
 
 CONFIG = ROOT / "experiments" / "nb201_quick.yaml"
 TABLE = ROOT.parent / "shared" / "data" / "nb201" / "nb201_cifar10.csv"
 PDARTS_STAGES = 3  # the controllers' per-stage defaults are lists of 3
+# The training-free methods' estimator: the rank ensemble of synflow, params and jacob_cov (the best three-member
+# ensemble of the ranking study's 164 cells, Kendall tau 0.74; docs/estimators.md).
+ZC = "synflow+params+jacob_cov"
+ESTIMATOR_METHODS = ("reinforce_zc", "prune_zc", "random_zc", "hybrid_zc")
+PRUNE_KEEP = [4, 3, 2, 1]  # prune_zc drops one op per edge per stage, as TE-NAS does
 METHODS = ("darts_v1", "darts_v2", "gdas", *(f"reinforce_{b}" for b in REINFORCE_BEHAVIOURS), "pdarts", "rsps",
-           "pcdarts")
+           "pcdarts", *ESTIMATOR_METHODS)
 # Expected cost per epoch in single-path steps (REINFORCE: 2.5), to start the longest jobs of a round first.
-COST = {"darts_v1": 12.0, "darts_v2": 30.0, "gdas": 2.0, "pdarts": 8.0, "rsps": 1.2, "pcdarts": 6.0}
+COST = {"darts_v1": 12.0, "darts_v2": 30.0, "gdas": 2.0, "pdarts": 8.0, "rsps": 1.2, "pcdarts": 6.0,
+        "reinforce_zc": 6.0, "prune_zc": 4.0, "random_zc": 8.0, "hybrid_zc": 10.0}
 # The ranking's supernet trainings, as changes to the preset's RankingSetting. The first (uniform over ops) is scored
 # after each of the setting's score_epochs, the others after the last epoch only.
 VARIANTS: dict[str, dict[str, Any]] = {"uniform_ops": {}, "uniform_cells": {"sampling": "cells"},
@@ -78,6 +92,14 @@ class SearchPreset:
     rsps_candidates: int
     seeds: int
     batch_size: int = 64
+    score_C: int = 16  # the estimator methods score the benchmark's network at these channels (model.eval_C)
+    score_N: int = 5  # and cells per stage (model.eval_N)
+    prune_samples: int = 48  # prune_zc: cells drawn and scored per stage
+    random_candidates: int = 300  # random_zc and hybrid_zc: distinct cells scored
+    probe_top_k: int = 5  # hybrid_zc: the best cells by the estimator that are trained
+    probe_epochs: int = 2
+    probe_C: int = 8
+    probe_layers: int = 1
 
 
 @dataclass
@@ -92,7 +114,8 @@ class Preset:
 
 PRESETS = {
     "smoke": Preset(SearchPreset(C=4, cells_per_stage=1, images=256, epochs=1, pdarts_epochs=[1, 1, 1],
-                                 rsps_candidates=4, seeds=1, batch_size=32),
+                                 rsps_candidates=4, seeds=1, batch_size=32, score_C=4, score_N=1, prune_samples=4,
+                                 random_candidates=8, probe_top_k=2, probe_epochs=1, probe_C=4),
                     RankingSetting(images=256, C=4, epochs=2, score_epochs=[1, 2], batch_size=32, held_out=100,
                                    recal=50), cells=10, top=2),
     "default": Preset(SearchPreset(C=8, cells_per_stage=1, images=6000, epochs=3, pdarts_epochs=[1, 1, 1],
@@ -120,6 +143,8 @@ def method_overrides(method: str, p: SearchPreset) -> list[str]:
                 f"stages.warmup_epochs={warmup}", f"stages.keep={keep}", f"stages.skip_dropout={[0.0] * len(epochs)}"]
 
     one = stages([p.epochs], [0], [1])
+    if method in ESTIMATOR_METHODS:
+        return [f"model.eval_C={p.score_C}", f"model.eval_N={p.score_N}", *estimator_overrides(method, p, stages)]
     if method in ("darts_v1", "darts_v2"):
         return ["controller=gradient", f"gradient.order={1 if method == 'darts_v1' else 2}", *one]
     if method == "gdas":
@@ -135,6 +160,25 @@ def method_overrides(method: str, p: SearchPreset) -> list[str]:
         return ["controller=gradient", "gradient.order=1", "model.mixture=partial", "model.partial_k=4",
                 "model.edge_norm=true", *one]
     raise UserError(f"unknown method {method!r}; choose from: {', '.join(METHODS)}")
+
+
+def estimator_overrides(method: str, p: SearchPreset, stages: Callable[..., list[str]]) -> list[str]:
+    """The training-free methods' overrides (every epoch scores; none trains weights)."""
+    if method == "reinforce_zc":
+        return ["controller=reinforce", "reinforce.sample=edges", f"reward.estimator={ZC}",
+                *one_stage_defaults("reinforce"), *stages([p.epochs], [0], [1])]
+    if method == "prune_zc":
+        n = len(PRUNE_KEEP)
+        return ["controller=estimator_pruning", f"estimator_pruning.estimator={ZC}",
+                f"estimator_pruning.samples={[p.prune_samples] * n}", *stages([1] * n, [0] * n, PRUNE_KEEP)]
+    steps = max(1, (p.images or 50_000) // 2 // p.batch_size)  # architecture steps in an epoch (its half's batches)
+    chosen = ["controller=random_estimator", f"random_estimator.estimator={ZC}",
+              f"random_estimator.candidates={p.random_candidates}",
+              f"random_estimator.per_step={-(-p.random_candidates // steps)}", *stages([1], [0], [1])]
+    if method == "random_zc":
+        return chosen
+    return [*chosen, "search.select=probe", f"search.top_k={p.probe_top_k}", f"search.probe_epochs={p.probe_epochs}",
+            f"search.probe_C={p.probe_C}", f"search.probe_layers={p.probe_layers}"]
 
 
 def search_overrides(method: str, seed: int, p: SearchPreset, data_root: str, device: str) -> list[str]:
@@ -155,18 +199,33 @@ def _worker_init() -> None:
 
 def run_search(argv: list[str], run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
     """One search through search.main, its console in console.log: reused when run_dir finished this config,
-    resumed (--resume) when it stopped after a checkpoint; returns the found architecture string, wall seconds
-    and steps (weight and policy steps)."""
+    resumed (--resume) when it stopped after a checkpoint; returns the found architecture string, wall seconds,
+    CPU seconds of this process in search.main (summed over resumed parts, kept in CPU_FILE; None for a run
+    finished before it was kept) and steps (weight and policy steps)."""
     same = _same_config(run_dir, config)
+    cpu_file = run_dir / CPU_FILE
     if not (same and (run_dir / "genotype.json").is_file()):
         resume = same and (run_dir / CHECKPOINT).is_file()
+        spent = json.loads(cpu_file.read_text())["cpu_s"] if resume and cpu_file.is_file() else 0.0
         run_dir.mkdir(parents=True, exist_ok=True)
+        start = time.process_time()
         with open(run_dir / "console.log", "a") as console, contextlib.redirect_stdout(console):
-            if search.main(["--resume", str(run_dir)] if resume else argv) != 0:
-                raise RuntimeError(f"search {run_dir} failed; see {run_dir / 'console.log'}")
+            failed = search.main(["--resume", str(run_dir)] if resume else argv) != 0
+        write_text_atomic(cpu_file, json.dumps({"cpu_s": round(spent + time.process_time() - start, 1)}))
+        if failed:
+            raise RuntimeError(f"search {run_dir} failed; see {run_dir / 'console.log'}")
     record = read_record(run_dir / "genotype.json")
     last_stage = read_record(run_dir / "stages" / f"stage{len(record['search']['stages'])}.json")
-    return {"arch": record["genotype"], "wall_s": record["search"]["wall_time_s"], "steps": last_stage["global_step"]}
+    cpu_s = json.loads(cpu_file.read_text())["cpu_s"] if cpu_file.is_file() else None
+    return {"arch": record["genotype"], "wall_s": record["search"]["wall_time_s"], "cpu_s": cpu_s,
+            "steps": last_stage["global_step"]}
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and os.replace."""
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
 
 
 def ranking_task(setting: RankingSetting, codes: list[int], truth: list[float], table: str, path: Path
@@ -187,9 +246,11 @@ def summarise_search(runs: dict[int, dict[str, Any]], bench: TabularBenchmark) -
     """Per method: the table's accuracy of each seed's cell (mean, std over seeds), the cells and the costs."""
     seeds = sorted(runs)
     accs = [bench.query(runs[s]["arch"]) for s in seeds]
+    cpu = [runs[s].get("cpu_s") for s in seeds]
     return {"test_acc_mean": float(np.mean(accs)), "test_acc_std": float(np.std(accs)), "test_accs": accs,
             "archs": [runs[s]["arch"] for s in seeds], "seeds": seeds,
             "wall_s": float(np.mean([runs[s]["wall_s"] for s in seeds])),
+            "cpu_s": None if None in cpu else float(np.mean(cpu)),
             "steps": int(np.mean([runs[s]["steps"] for s in seeds]))}
 
 
@@ -231,8 +292,9 @@ def print_tables(results: dict[str, Any]) -> None:
             for e in v["by_epoch"]))
     print("\nsearch (table cifar10_test_acc of the found cell):")
     for method, s in results["search"].items():
+        cpu = "      ?" if s["cpu_s"] is None else f"{s['cpu_s']:7.1f}"
         print(f"  {method:<24} {s['test_acc_mean']:6.2f} +- {s['test_acc_std']:5.2f}  wall {s['wall_s']:7.1f} s  "
-              f"steps {s['steps']:5d}  {s['archs'][0]}")
+              f"CPU {cpu} s  steps {s['steps']:5d}  {s['archs'][0]}")
     print(f"  paper (weight sharing): {PAPER}")
 
 
@@ -293,7 +355,8 @@ def plan(args) -> tuple[Preset, list[tuple[float, str, Any, tuple]], dict[str, A
             overrides = search_overrides(method, seed, preset.search, args.data_root, args.device)
             cfg = load_config(SearchConfig, CONFIG, overrides)  # the search's own validation, before any work
             argv = ["-c", str(CONFIG), "--run-dir", str(run_dir), "--set", *overrides]
-            epochs = sum(preset.search.pdarts_epochs) if method == "pdarts" else preset.search.epochs
+            epochs = (sum(preset.search.pdarts_epochs) if method == "pdarts" else len(PRUNE_KEEP)
+                      if method == "prune_zc" else preset.search.epochs)
             cost = COST.get(method, 2.5) * epochs
             tasks.append((seed, cost, "search", (method, seed), (argv, run_dir, cfg.to_tree())))
     context = {"preset": asdict(preset), "codes": codes, "truth": truth, "bench": bench, "out": out}

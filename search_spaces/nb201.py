@@ -475,8 +475,12 @@ class NB201Space(SearchSpace):
                    edge_norm=m.edge_norm)
 
     @classmethod
-    def eval_network(cls, arch: str, data: DataShape, C: int = EVAL_C, layers: int = EVAL_N) -> NB201Network:
-        """The benchmark's network of an architecture (`layers`: cells per stage)."""
+    def eval_network(cls, arch: str, data: DataShape, C: int = EVAL_C, layers: int = EVAL_N,
+                     auxiliary: bool = False) -> NB201Network:
+        """The benchmark's network of an architecture (`layers`: cells per stage); it has no auxiliary head, so
+        `auxiliary` (which search.select=probe passes) must be false."""
+        if auxiliary:
+            raise UserError("the NB201 network has no auxiliary head; set auxiliary off")
         _check_image_size(data.size)
         return build_network(arch, C, layers, data.num_classes, data.in_channels)
 

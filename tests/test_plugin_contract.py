@@ -17,15 +17,20 @@ import search
 from controllers.base import ArchStepContext, StageContext
 from controllers.registry import CONTROLLERS
 from nas.core.config import build_dataclass
+from nas.core.errors import UserError
 from nas.core.records import read_record
 from nas.report.monitor import tag_kinds
+from search_spaces.base import SearchSpace
 from search_spaces.registry import SPACES
 
 DATA = SimpleNamespace(in_channels=1, size=8, num_classes=10)  # digits
 TINY: dict[str, dict[str, Any]] = {  # per plugin, the sections that make it small enough for a test
-    "darts": {"model": {"C": 4}},
+    "darts": {"model": {"C": 4, "eval_C": 4, "eval_layers": 3}},
     "nb201": {"model": {"C": 4}},
+    "estimator_pruning": {"estimator_pruning": {"estimator": "params", "samples": [8, 8], "per_step": 1}},
+    "random_estimator": {"random_estimator": {"estimator": "params", "candidates": 8, "per_step": 1}},
 }
+SCORES_NETWORKS = {"estimator_pruning", "random_estimator"}  # controllers that score the space's scoring_network
 COMBINED = {("nb201", "reinforce"): {"reinforce": {"sample": "edges"}}}  # NB201 cells use every edge
 NUM_STAGES = 2
 
@@ -49,6 +54,8 @@ def controller_settings(name: str, space_name: str) -> dict[str, dict[str, Any]]
     for section_name, cls in CONTROLLERS[name].config_sections.items():
         settings[section_name] = {key: value[:NUM_STAGES] for key, value in vars(cls()).items()
                                   if isinstance(value, list) and len(value) == 3}
+    for section_name, values in TINY.get(name, {}).items():
+        settings.setdefault(section_name, {}).update(values)
     for section_name, values in COMBINED.get((space_name, name), {}).items():
         settings.setdefault(section_name, {}).update(values)
     return settings
@@ -95,6 +102,10 @@ def test_controller_runs_steps_outputs_and_round_trips_its_state(name: str, spac
     kept = space.initial_kept_ops()
     model = space.build_supernet(kept, layers=max(space.min_layers, 3))
     generator = torch.Generator().manual_seed(0)
+    if name in SCORES_NETWORKS and type(space).scoring_network is SearchSpace.scoring_network:
+        with pytest.raises(UserError, match="builds no network"):  # refused before any step
+            tiny_controller(name, space_name, space, kept, generator)
+        return
     controller = tiny_controller(name, space_name, space, kept, generator)
     for kwargs in (controller.weight_forward_kwargs(), controller.eval_forward_kwargs()):
         assert model(torch.randn(2, 1, 8, 8), **kwargs).shape == (2, DATA.num_classes)

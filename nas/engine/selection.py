@@ -14,7 +14,8 @@
   the search's training half, and keeps the best validation accuracy on the architecture half.
 
 At every stage's end the max(10, `rescore`) best distinct samples (by sampled reward) and the argmax architecture
-are rescored with the stage's final supernet on the whole architecture half: the SBO check compares the mean
+are rescored with the stage's final supernet on the whole architecture half (a controller with a training-free
+reward rescores with its estimator instead: `Controller.rescore_accuracy`): the SBO check compares the mean
 rescored reward of the top 10 with the argmax architecture's reward on the same data (as the seed did: samples
 better than the argmax mean the policy has not converged on its best find). Sampled rewards never enter the
 comparison: the best of many one-batch rewards would beat the argmax's whole-half reward by noise alone.
@@ -28,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from controllers.base import Controller, Evaluate
@@ -84,10 +86,12 @@ def distinct_samples(controller: Controller, space: Any, kept_ops: KeptOps) -> l
 
 
 def rescore(arch: Any, controller: Controller, space: Any, kept_ops: KeptOps, evaluate: Evaluate) -> dict[str, Any]:
-    """An architecture's accuracy (%) on the whole architecture half with the stage's supernet, and its reward."""
-    _, acc = evaluate(path=space.architecture_path(arch, kept_ops))
+    """An architecture's accuracy (%) as the controller rescores it (the stage's supernet on the whole architecture
+    half, or a training-free estimator: `rescored_by`), and its reward."""
+    acc, source = controller.rescore_accuracy(space, kept_ops, arch, evaluate)
     reward, costs = controller.reward(arch, acc / 100)
-    return {"val_acc": round(acc, 3), "val_reward": round(reward, 6), **{k: round(v, 6) for k, v in costs.items()}}
+    return {"val_acc": round(acc, 3), "val_reward": round(reward, 6), "rescored_by": source,
+            **{k: round(v, 6) for k, v in costs.items()}}
 
 
 def stage_candidates(controller: Controller, space: Any, kept_ops: KeptOps, argmax: Any, evaluate: Evaluate,
@@ -140,6 +144,19 @@ def vote(paths: Sequence[OpIndices], layouts: dict[str, CellLayout] | None) -> O
     return result
 
 
+class LogitsAndAux(nn.Module):
+    """A network as the eval trainer takes it: forward returns (logits, auxiliary logits or None), whether the
+    network returns that pair (DARTS) or its logits alone (NB201)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.net(x)
+        return out if isinstance(out, tuple) else (out, None)
+
+
 def probe_accuracy(space: Any, arch: Any, data: Any, train_set: Dataset, val_set: Dataset, batch_size: int,
                    cfg: SelectConfig, device: torch.device, seed: int) -> float:
     """Validation top-1 (%) of `arch` trained from scratch for cfg.probe_epochs with the eval trainer's code, on
@@ -156,7 +173,8 @@ def probe_accuracy(space: Any, arch: Any, data: Any, train_set: Dataset, val_set
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             seed_everything(seed)
-            net = space.eval_network(arch, data, C=cfg.probe_C, layers=cfg.probe_layers, auxiliary=False)
+            net = LogitsAndAux(space.eval_network(arch, data, C=cfg.probe_C, layers=cfg.probe_layers,
+                                                  auxiliary=False))
             trainer = Trainer(config, net, device, DistInfo(0, 1, 0))
             for epoch in range(cfg.probe_epochs):
                 generator.manual_seed(seed + epoch)
@@ -199,12 +217,13 @@ def final_choice(entry: dict[str, Any], cfg: SelectConfig, probe: Callable[[dict
         picked, source = entry["vote"], f"per-decision majority of the top {cfg.top_k} samples"
         selection["vote"] = entry["vote"]
     elif cfg.select == "probe":
-        pool = [argmax, *candidates[:cfg.top_k]]
+        top = candidates[:cfg.top_k]
+        pool = [argmax, *(c for c in top if c["genotype"] != argmax["genotype"])]  # each architecture trained once
         for candidate, acc in zip(pool, probe_pool(pool, probe)):
             candidate["probe_acc"] = round(acc, 3)
         best = max(range(len(pool)), key=lambda i: (pool[i]["probe_acc"], -i))
         picked = pool[best]
-        source = "argmax" if best == 0 else f"sample {best} (of the top {cfg.top_k} by sampled reward)"
+        source = "argmax" if best == 0 else f"sample {top.index(picked) + 1} (of the top {cfg.top_k} by sampled reward)"
         source += f", best probe accuracy {picked['probe_acc']:.2f}%"
     selection["picked"] = {"genotype": picked["genotype"], "record": picked["record"], "by": cfg.select,
                            "source": source}
