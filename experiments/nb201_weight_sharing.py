@@ -41,7 +41,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import yaml
 
 import search
 from controllers.registry import controller_class
@@ -188,9 +187,16 @@ def search_overrides(method: str, seed: int, p: SearchPreset, data_root: str, de
             *method_overrides(method, p)]
 
 
-def _same_config(run_dir: Path, config: dict[str, Any]) -> bool:
+def same_config(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether run_dir's saved config means `config` under today's SearchConfig: a key added to the schema since
+    the run was saved takes its default, so a finished search is still reused after such an update."""
     saved = run_dir / "config.yaml"
-    return saved.is_file() and yaml.safe_load(saved.read_text()) == config
+    if not saved.is_file():
+        return False
+    try:
+        return load_config(SearchConfig, saved).to_tree() == config
+    except UserError:  # a key the schema no longer has, or a value it refuses now
+        return False
 
 
 def _worker_init() -> None:
@@ -202,7 +208,7 @@ def run_search(argv: list[str], run_dir: Path, config: dict[str, Any]) -> dict[s
     resumed (--resume) when it stopped after a checkpoint; returns the found architecture string, wall seconds,
     CPU seconds of this process in search.main (summed over resumed parts, kept in CPU_FILE; None for a run
     finished before it was kept) and steps (weight and policy steps)."""
-    same = _same_config(run_dir, config)
+    same = same_config(run_dir, config)
     cpu_file = run_dir / CPU_FILE
     if not (same and (run_dir / "genotype.json").is_file()):
         resume = same and (run_dir / CHECKPOINT).is_file()

@@ -63,6 +63,26 @@ def test_a_bad_method_is_a_one_line_error(tmp_path: Path, capsys: pytest.Capture
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "enas" in err and not list(tmp_path.iterdir())
 
 
+def test_a_saved_config_missing_a_since_added_key_is_still_the_same_search(tmp_path: Path) -> None:
+    import yaml
+
+    from nas.core.config import load_config
+    from nas.engine.search_config import SearchConfig
+
+    overrides = study.search_overrides("darts_v1", 0, study.PRESETS["smoke"].search, str(tmp_path), "cpu")
+    tree = load_config(SearchConfig, study.CONFIG, overrides).to_tree()
+    saved = json.loads(json.dumps(tree))
+    del saved["run"]["amp"]  # as a run saved before the key existed
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert study.same_config(tmp_path, tree)
+    saved["run"]["seed"] = 1
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert not study.same_config(tmp_path, tree)
+    saved["run"]["seed"], saved["run"]["retired_key"] = 0, 1
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert not study.same_config(tmp_path, tree)
+
+
 def test_study_cells_span_the_accuracy_range_and_include_the_best() -> None:
     by_code = np.linspace(10.0, 94.0, 1000)
     codes = study_cells(by_code, 20, 5, seed=0)
