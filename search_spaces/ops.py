@@ -133,8 +133,11 @@ class FactorizedReduce(PreActivated):
         super().__init__()
         if C_out % 2:
             raise ValueError(f"FactorizedReduce needs an even channel count, got {C_out}")
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out - C_out // 2, 1, stride=2, bias=False)
+        # A 1x1 stride-2 conv is a 1x1 conv of the even pixels: it runs as that, because oneDNN's CPU backward of
+        # 1x1 stride-2 convs on channels_last maps corrupts the heap at small channel counts (torch 2.14: 2-8
+        # channels at 56x56, the ImageNet network at small C). Same weights, outputs and FLOPs.
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out - C_out // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
         self.body = self._reduce
 
@@ -143,7 +146,7 @@ class FactorizedReduce(PreActivated):
         h, w = x.shape[-2:]
         if h % 2 or w % 2:  # keep both halves the same size on odd inputs
             shifted = F.pad(shifted, (0, w % 2, 0, h % 2))
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+        return self.bn(torch.cat([self.conv_1(x[:, :, ::2, ::2]), self.conv_2(shifted[:, :, ::2, ::2])], dim=1))
 
 
 def _pool(kind: str, kernel: int) -> OpFactory:

@@ -47,3 +47,26 @@ def test_costing_an_architecture_leaves_the_global_rng_alone() -> None:
     eval_flops_millions(genotype, C=22, layers=7, size=24)  # sizes no other test costs: every table entry is new
     eval_param_count(genotype, C=22, layers=7)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("size", [8, 7, 56])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_factorized_reduce_is_the_two_stride2_convs_and_trains_in_channels_last(size: int, channels_last: bool) -> None:
+    """Its convs run on the even pixels (oneDNN's channels_last backward of 1x1 stride-2 convs with few channels
+    crashes the process at 56x56); the output must stay that of the paper's two 1x1 stride-2 convs."""
+    import torch
+    import torch.nn.functional as F
+
+    from search_spaces.ops import FactorizedReduce
+
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    op = FactorizedReduce(4, 4).to(memory_format=layout)
+    x = torch.randn(2, 4, size, size).contiguous(memory_format=layout).requires_grad_()
+    y = op(x)
+    y.sum().backward()  # the crash was here
+    relu = F.relu(x)
+    shifted = F.pad(relu[:, :, 1:, 1:], (0, size % 2, 0, size % 2))
+    expected = op.bn(torch.cat([F.conv2d(relu, op.conv_1.weight, stride=2),
+                                F.conv2d(shifted, op.conv_2.weight, stride=2)], dim=1))
+    assert y.shape == (2, 4, (size + 1) // 2, (size + 1) // 2)
+    assert torch.allclose(y, expected, atol=1e-6) and x.grad is not None
