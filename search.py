@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             except TrainingDiverged as err:  # raised on every rank at once; rank 0 reports it
                 if info.is_main:
                     print(f"error: {err}", file=sys.stderr)
+                barrier()  # every rank got here; none exits (and has torchrun stop the others) before rank 0 is done
                 return 1
     if not info.is_main:
         return 0

@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from controllers.base import ArchStepContext, Controller, StageContext
-from controllers.estimator_samples import EstimatorSearchConfig, ScoredSamples
+from controllers.base import ArchStepContext, StageContext
+from controllers.estimator_samples import EstimatorSearchConfig, ScoredSamples, TrainingFreeController, stage_samples
 from nas.core.arch_types import KeptOps, OpIndices
 from nas.core.errors import UserError
 
@@ -92,7 +92,7 @@ def importance(paths: list[OpIndices], scores: list[float], shapes: dict[str, tu
     return out
 
 
-class EstimatorPruningController(Controller):
+class EstimatorPruningController(TrainingFreeController):
     """P-DARTS stages whose op dropping ranks ops by their importance to a training-free estimator (module doc)."""
 
     name = "estimator_pruning"
@@ -108,20 +108,8 @@ class EstimatorPruningController(Controller):
     @classmethod
     def from_config(cls, ctx: StageContext) -> EstimatorPruningController:
         cfg = ctx.sections["estimator_pruning"]
-        samples = ScoredSamples(ctx.space, ctx.kept_ops, cfg, ctx.generator)
-        ctx.space.scoring_network(samples.draw())  # a space without one is a UserError before any step
+        samples = stage_samples(ctx, "estimator_pruning")
         return cls(cls.shapes(ctx.kept_ops), cfg, cfg.samples[ctx.stage], samples)
-
-    def arch_active(self, epoch: int, warmup: int) -> bool:
-        return False
-
-    def weight_epochs(self, epochs: int) -> int:
-        """No weight is trained."""
-        return 0
-
-    def extra_epochs(self, epochs: int, warmup: int) -> int:
-        """Every epoch of the stage scores draws (module doc)."""
-        return epochs
 
     def _derived_path(self) -> OpIndices:
         space, kept = self.samples.space, self.samples.kept_ops

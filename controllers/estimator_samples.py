@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from controllers.base import Controller, StageContext
 from nas.core.arch_types import KeptOps, OpIndices
 from nas.core.errors import UserError
 from nas.core.estimators.common import Batch
@@ -93,3 +94,26 @@ class ScoredSamples:
     def load_state(self, state: dict[str, Any]) -> None:
         self.estimator.load_state(state["estimator"])
         self.paths, self.keys = list(state["paths"]), list(state["keys"])
+
+
+def stage_samples(ctx: StageContext, section: str) -> ScoredSamples:
+    """The stage's ScoredSamples under config section `section`; a space without a scoring network is a UserError
+    here, before any step."""
+    samples = ScoredSamples(ctx.space, ctx.kept_ops, ctx.sections[section], ctx.generator)
+    ctx.space.scoring_network(samples.draw())
+    return samples
+
+
+class TrainingFreeController(Controller):
+    """A controller that trains no weight: every epoch of a stage is spent scoring draws (extra epochs)."""
+
+    def arch_active(self, epoch: int, warmup: int) -> bool:
+        return False
+
+    def weight_epochs(self, epochs: int) -> int:
+        """No weight is trained."""
+        return 0
+
+    def extra_epochs(self, epochs: int, warmup: int) -> int:
+        """Every epoch of the stage scores draws."""
+        return epochs

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from controllers.base import ArchStepContext, Controller, Evaluate, StageContext
-from controllers.estimator_samples import EstimatorSearchConfig, ScoredSamples
+from controllers.base import ArchStepContext, Evaluate, StageContext
+from controllers.estimator_samples import EstimatorSearchConfig, ScoredSamples, TrainingFreeController, stage_samples
 from nas.core.arch_types import KeptOps, OpIndices
 from nas.core.errors import UserError
 
@@ -39,7 +39,7 @@ class RandomEstimatorConfig(EstimatorSearchConfig):
             raise UserError(f"random_estimator.candidates must be a positive integer, got {self.candidates!r}")
 
 
-class RandomEstimatorController(Controller):
+class RandomEstimatorController(TrainingFreeController):
     """Scores random candidates with an estimator and outputs the best (module doc)."""
 
     name = "random_estimator"
@@ -54,20 +54,8 @@ class RandomEstimatorController(Controller):
     @classmethod
     def from_config(cls, ctx: StageContext) -> RandomEstimatorController:
         cfg = ctx.sections["random_estimator"]
-        samples = ScoredSamples(ctx.space, ctx.kept_ops, cfg, ctx.generator)
-        ctx.space.scoring_network(samples.draw())  # a space without one is a UserError before any step
+        samples = stage_samples(ctx, "random_estimator")
         return cls(cls.shapes(ctx.kept_ops), cfg, samples)
-
-    def arch_active(self, epoch: int, warmup: int) -> bool:
-        return False
-
-    def weight_epochs(self, epochs: int) -> int:
-        """No weight is trained."""
-        return 0
-
-    def extra_epochs(self, epochs: int, warmup: int) -> int:
-        """Every epoch of the stage scores candidates (module doc)."""
-        return epochs
 
     def _best(self) -> int | None:
         scores = self.samples.scores()
