@@ -153,3 +153,16 @@ def nth_mid_epoch_checkpoint(n: int) -> Callable[[dict], bool]:
         return False
 
     return dies
+
+
+def same_seed_outputs(net: Callable, x, *forward_kwargs: dict) -> list:
+    """net(x, **kwargs) for each kwargs, without gradients, each after torch.manual_seed(1): a partial-channel
+    supernet then draws the same channels in every forward, so the outputs differ only by the kwargs."""
+    import torch
+
+    outputs = []
+    with torch.no_grad():
+        for kwargs in forward_kwargs:
+            torch.manual_seed(1)
+            outputs.append(net(x, **kwargs))
+    return outputs

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT
+from conftest import ROOT, same_seed_outputs
 
 import search
 from controllers.edge_weights import edge_nodes
@@ -87,13 +87,8 @@ def test_edge_weights_scale_every_edge_of_the_mixture_and_the_path() -> None:
     halves = {"cell": torch.full((6,), 0.5)}
     for model in ({}, {"mixture": "partial", "partial_k": 2}):
         net = supernet(edge_norm=True, **model)
-        with torch.no_grad():
-            torch.manual_seed(1)
-            plain = net(x, weights=w)
-            torch.manual_seed(1)
-            halved = net(x, weights=w, edge_weights=halves)
-            torch.manual_seed(1)
-            folded = net(x, weights={"cell": w["cell"] * 0.5})
+        plain, halved, folded = same_seed_outputs(net, x, {"weights": w}, {"weights": w, "edge_weights": halves},
+                                                  {"weights": {"cell": w["cell"] * 0.5}})
         assert not torch.allclose(plain, halved)
         if not model:  # the full mixture folds the edge weights into the op weights
             assert torch.allclose(halved, folded, atol=1e-6)

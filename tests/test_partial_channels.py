@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import same_seed_outputs
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import search
@@ -91,13 +92,9 @@ def test_edge_weights_scale_every_edge_of_the_full_and_the_partial_mixture() -> 
         x = torch.randn(3, 1, 8, 8)
         weights = {g: torch.softmax(torch.randn(14, len(DARTS_OPS)), -1) for g in GROUPS}
         halves = {g: torch.full((14,), 0.5) for g in GROUPS}
-        with torch.no_grad():
-            torch.manual_seed(1)
-            plain = net(x, weights=weights)
-            torch.manual_seed(1)
-            halved = net(x, weights=weights, edge_weights=halves)
-            torch.manual_seed(1)
-            folded = net(x, weights={g: w * 0.5 for g, w in weights.items()})
+        plain, halved, folded = same_seed_outputs(net, x, {"weights": weights},
+                                                  {"weights": weights, "edge_weights": halves},
+                                                  {"weights": {g: w * 0.5 for g, w in weights.items()}})
         assert not torch.allclose(plain, halved)
         if not model:  # the full mixture folds the edge weights into the op weights
             assert torch.allclose(halved, folded, atol=1e-6)
