@@ -224,7 +224,7 @@ def run_search(argv: list[str], run_dir: Path, config: dict[str, Any]) -> dict[s
     last_stage = read_record(run_dir / "stages" / f"stage{len(record['search']['stages'])}.json")
     cpu_s = json.loads(cpu_file.read_text())["cpu_s"] if cpu_file.is_file() else None
     return {"arch": record["genotype"], "wall_s": record["search"]["wall_time_s"], "cpu_s": cpu_s,
-            "steps": last_stage["global_step"]}
+            "steps": last_stage["global_step"], "by_max_skip": record["search"].get("genotypes_by_max_skip", {})}
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -257,7 +257,21 @@ def summarise_search(runs: dict[int, dict[str, Any]], bench: TabularBenchmark) -
             "archs": [runs[s]["arch"] for s in seeds], "seeds": seeds,
             "wall_s": float(np.mean([runs[s]["wall_s"] for s in seeds])),
             "cpu_s": None if None in cpu else float(np.mean(cpu)),
-            "steps": int(np.mean([runs[s]["steps"] for s in seeds]))}
+            "steps": int(np.mean([runs[s]["steps"] for s in seeds])),
+            "test_acc_by_max_skip": by_max_skip([runs[s].get("by_max_skip", {}) for s in seeds], bench)}
+
+
+def by_max_skip(per_seed: list[dict[str, str | None]], bench: TabularBenchmark) -> dict[str, float]:
+    """The mean table accuracy over seeds of the cell derived under each skip limit M (P-DARTS's restriction,
+    from the same search's final probabilities), for the limits every seed reports."""
+    limits = set.intersection(*(set(m for m, arch in d.items() if arch) for d in per_seed)) if per_seed else set()
+    return {m: float(np.mean([bench.query(d[m]) for d in per_seed])) for m in sorted(limits, key=int, reverse=True)}
+
+
+def pdarts_epochs(total: int) -> list[int]:
+    """Three P-DARTS stages of `total` epochs in the paper's 20:15:15 proportion, each at least one epoch."""
+    later = max(1, round(0.3 * total))
+    return [max(1, total - 2 * later), later, later]
 
 
 def summarise_ranking(variants: dict[str, dict[str, Any]], codes: list[int], truth: list[float]) -> dict[str, Any]:
@@ -301,6 +315,9 @@ def print_tables(results: dict[str, Any]) -> None:
         cpu = "      ?" if s["cpu_s"] is None else f"{s['cpu_s']:7.1f}"
         print(f"  {method:<24} {s['test_acc_mean']:6.2f} +- {s['test_acc_std']:5.2f}  wall {s['wall_s']:7.1f} s  "
               f"CPU {cpu} s  steps {s['steps']:5d}  {s['archs'][0]}")
+        if s.get("test_acc_by_max_skip"):
+            limits = s["test_acc_by_max_skip"].items()
+            print("    by skip limit M: " + "  ".join(f"{m}: {acc:.2f}" for m, acc in limits))
     print(f"  paper (weight sharing): {PAPER}")
 
 
@@ -318,6 +335,9 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--variants", nargs="*", choices=list(VARIANTS),
                    help="ranking variants to run (default: all; none: skip the ranking)")
     p.add_argument("--seeds", type=int, help="seeds per method (default: the preset's)")
+    p.add_argument("--search-epochs", type=int, metavar="E",
+                   help="train every search E epochs (P-DARTS: three stages in the paper's 20:15:15 proportion; "
+                   "default: the preset's)")
     p.add_argument("--ranking-epochs", type=int, metavar="E",
                    help="train the ranking supernets E epochs, scoring after E/4 and E (default: the preset's)")
     p.add_argument("--workers", type=int, default=2, help="parallel worker processes, one torch thread each")
@@ -332,8 +352,12 @@ def plan(args) -> tuple[Preset, list[tuple[float, str, Any, tuple]], dict[str, A
     preset = PRESETS["smoke" if args.smoke else "full" if args.full else "default"]
     if args.seeds is not None:
         preset = replace(preset, search=replace(preset.search, seeds=args.seeds))
-    if preset.search.seeds < 1 or args.workers < 1 or (args.ranking_epochs is not None and args.ranking_epochs < 1):
-        raise UserError("--seeds, --workers and --ranking-epochs must be positive")
+    if preset.search.seeds < 1 or args.workers < 1 or any(e is not None and e < 1 for e in (args.ranking_epochs,
+                                                                                          args.search_epochs)):
+        raise UserError("--seeds, --workers, --search-epochs and --ranking-epochs must be positive")
+    if args.search_epochs is not None:
+        preset = replace(preset, search=replace(preset.search, epochs=args.search_epochs,
+                                                pdarts_epochs=pdarts_epochs(args.search_epochs)))
     if args.ranking_epochs is not None:
         epochs = args.ranking_epochs
         preset = replace(preset, ranking=replace(preset.ranking, epochs=epochs,

@@ -17,6 +17,7 @@ below (architecture codes) through the registry, as attributes of :class:`NB201S
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -434,11 +435,12 @@ class NB201Space(SearchSpace):
     """The NAS-Bench-201 cell space; `layers` of build_supernet is the number of cells per stage (N).
 
     Derivation takes the most probable op of every edge, `none` included (the benchmark's convention), so op
-    dropping never drops `none` first either. There is no skip limit and no regulariser (`regularise` returns {}:
-    stages.skip_dropout does nothing here). A cell runs every edge, so there is no cell layout: REINFORCE samples
-    NB201 cells with `reinforce.sample: edges`. With `model.edge_norm` each node's input edges get learned weights
-    (a softmax over the node's inputs; node 1 has one input, so its edge weighs 1); the derivation then ranks
-    alpha times beta, which picks the same op per edge as alpha alone, since every edge is kept.
+    dropping never drops `none` first either. A search's cell has no skip limit; the record also reports the cell
+    under every limit M (P-DARTS's restriction, `derive(..., max_skip=M)`). There is no regulariser (`regularise`
+    returns {}: stages.skip_dropout does nothing here). A cell runs every edge, so there is no cell layout:
+    REINFORCE samples NB201 cells with `reinforce.sample: edges`. With `model.edge_norm` each node's input edges
+    get learned weights (a softmax over the node's inputs; node 1 has one input, so its edge weighs 1); the
+    derivation then ranks alpha times beta, which picks the same op per edge as alpha alone, since every edge is kept.
     """
 
     name = "nb201"
@@ -503,8 +505,23 @@ class NB201Space(SearchSpace):
         return super().prune(probs, kept_ops, n_keep, drop_none_first=False)
 
     def derive(self, probs: dict[str, torch.Tensor], kept_ops: KeptOps, max_skip: int | None = None) -> str:
-        """The architecture string of the most probable op on every edge (NB201 has no skip limit)."""
-        return path_to_arch({GROUP: probs[GROUP].argmax(dim=-1)}, kept_ops)
+        """The architecture string of the most probable op on every edge. With `max_skip` (P-DARTS's restriction,
+        which searches use only when asked: None by default) the cell keeps at most that many skip_connects: while it
+        has more, the chosen skip with the lowest probability gives way to its edge's next most probable op."""
+        scores = probs[GROUP].detach().double().cpu().clone()
+        per_edge = _edge_ops(kept_ops)
+        while True:
+            chosen = scores.argmax(dim=-1)
+            skips = [e for e, i in enumerate(chosen.tolist()) if per_edge[e][i] == "skip_connect"]
+            movable = [e for e in skips if len(per_edge[e]) > 1]  # a skip alone on its edge cannot give way
+            if max_skip is None or len(skips) <= max_skip or not movable:
+                return path_to_arch({GROUP: chosen}, kept_ops)
+            weakest = min(movable, key=lambda e: scores[e, chosen[e]].item())
+            scores[weakest, chosen[weakest]] = -math.inf
+
+    def max_skip_choices(self) -> list[int]:
+        """The skip limits a final cell is reported for: every M from 6 (one per edge, no limit) down to 0."""
+        return list(range(len(EDGES), -1, -1))
 
     def path_architecture(self, path: OpIndices, kept_ops: KeptOps) -> str:
         return path_to_arch(path, kept_ops)

@@ -176,6 +176,27 @@ def test_derive_takes_the_most_probable_op_per_edge() -> None:
     assert NB201Space().derive({"cell": probs}, NB201Space().initial_kept_ops()) == EXAMPLE
 
 
+def test_a_skip_limit_gives_the_least_likely_skips_the_next_op_of_their_edge() -> None:
+    """Probabilities by hand: edges 0-3 prefer skip_connect (0.50 < 0.52 < 0.54 < 0.56), second choices conv3x3
+    (edges 0, 1) and none (edges 2, 3); edges 4 and 5 prefer avg_pool. A limit of 2 moves edges 0 and 1; a limit of
+    0 also edges 2 and 3 (to none, their second op); a skip alone on its edge stays."""
+    probs = torch.full((6, 5), 0.05)
+    for e in range(4):
+        probs[e, NB201_OPS.index("skip_connect")] = 0.50 + 0.02 * e
+        probs[e, NB201_OPS.index("nor_conv_3x3" if e < 2 else "none")] = 0.3
+    probs[4:, NB201_OPS.index("avg_pool_3x3")] = 0.8
+    space, kept = NB201Space(), NB201Space().initial_kept_ops()
+    assert space.derive({"cell": probs}, kept) == space.derive({"cell": probs}, kept, 4) == (
+        "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|avg_pool_3x3~1|avg_pool_3x3~2|")
+    assert space.derive({"cell": probs}, kept, 2) == (
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|skip_connect~0|avg_pool_3x3~1|avg_pool_3x3~2|")
+    assert space.derive({"cell": probs}, kept, 0) == (
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|none~0|avg_pool_3x3~1|avg_pool_3x3~2|")
+    alone = {"cell": [["skip_connect"]] * 3 + [["nor_conv_1x1"]] * 3}
+    assert space.derive({"cell": torch.ones(6, 1)}, alone, 0) == (
+        "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|nor_conv_1x1~0|nor_conv_1x1~1|nor_conv_1x1~2|")
+
+
 def space_from_config(size: int = 32, **model: int) -> NB201Space:
     """The space as a search builds it: through the registry, from its validated `model:` section."""
     cls = space_class("nb201")
@@ -188,7 +209,7 @@ def test_the_registry_builds_the_space_from_its_section() -> None:
     space = space_from_config(C=4)
     assert isinstance(space, NB201Space) and (space.C, space.eval_C, space.eval_N) == (4, 16, 5)
     assert NB201Space.ops_per_edge({"model": NB201ModelConfig()}) == len(NB201_OPS) == 5
-    assert space.cell_layout(space.initial_kept_ops()) is None and space.max_skip_choices() == []
+    assert space.cell_layout(space.initial_kept_ops()) is None and space.max_skip_choices() == [6, 5, 4, 3, 2, 1, 0]
     with pytest.raises(UserError, match="too small for NB201's two residual reductions"):
         space_from_config(size=2)
     with pytest.raises(UserError, match="model.eval_N must be a positive integer, got 0"):

@@ -83,6 +83,29 @@ def test_a_saved_config_missing_a_since_added_key_is_still_the_same_search(tmp_p
     assert not study.same_config(tmp_path, tree)
 
 
+def test_search_epochs_set_every_search_and_split_pdarts_as_the_paper(shared_cifar10: Path, tmp_path: Path) -> None:
+    assert study.pdarts_epochs(50) == [20, 15, 15] and study.pdarts_epochs(3) == [1, 1, 1]
+    shared_path("nb201", "nb201_cifar10.csv")
+    args = study.parse_args(["--smoke", "--out", str(tmp_path), "--data-root", str(shared_cifar10), "--methods",
+                             "darts_v1", "pdarts", "--variants", "--search-epochs", "7"])
+    _, tasks, _ = study.plan(args)
+    epochs = {key[0]: arguments[2]["stages"]["epochs"] for _, kind, key, arguments in tasks}
+    assert epochs == {"darts_v1": [7], "pdarts": [3, 2, 2]}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--smoke", "--out", str(tmp_path), "--search-epochs", "0"])
+    assert exit_info.value.code == 2
+
+
+def test_the_skip_limited_cells_are_judged_for_the_limits_every_seed_reports() -> None:
+    bench = TabularBenchmark(shared_path("nb201", "nb201_cifar10.csv"))
+    best, _ = bench.best()
+    worst = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
+    seeds = [{"6": worst, "2": best, "1": best}, {"6": worst, "2": worst, "0": None}]
+    assert study.by_max_skip(seeds, bench) == {"6": bench.query(worst),
+                                               "2": pytest.approx((bench.query(best) + bench.query(worst)) / 2)}
+    assert study.by_max_skip([], bench) == {}
+
+
 def test_study_cells_span_the_accuracy_range_and_include_the_best() -> None:
     by_code = np.linspace(10.0, 94.0, 1000)
     codes = study_cells(by_code, 20, 5, seed=0)
