@@ -438,12 +438,18 @@ class ReinforceController(Controller):
         return epochs - warmup if self.cfg.mode == "separate" else 0
 
     def epoch_scalars(self, evaluate: Evaluate, summary: dict[str, float]) -> dict[str, float]:
-        scalars = {**super().epoch_scalars(evaluate, summary), "reinforce/argmax_acc": summary["val/acc"],
-                   "reinforce/argmin_acc": evaluate(path=self.least_likely_path())[1]}
+        """The argmax, argmin and best recent architectures' supernet accuracies; with a training-free reward
+        (an untrained supernet) only the best recent reward."""
+        scalars = super().epoch_scalars(evaluate, summary)
+        trained = self.estimator_reward is None
+        if trained:
+            scalars.update({"reinforce/argmax_acc": summary["val/acc"],
+                            "reinforce/argmin_acc": evaluate(path=self.least_likely_path())[1]})
         best = self.best_recent()
         if best is not None:  # None until the first policy update
             scalars["reinforce/best_recent_reward"] = best[1]
-            scalars["reinforce/best_recent_acc"] = evaluate(path=best[0])[1]
+            if trained:
+                scalars["reinforce/best_recent_acc"] = evaluate(path=best[0])[1]
         return scalars
 
     def stage_entries(self, space: Any, kept_ops: KeptOps, summary: dict[str, float]) -> dict[str, Any]:

@@ -227,9 +227,15 @@ class StageRunner:
         loss, correct, count = all_sum([p.sums["loss"], p.sums["correct"], p.sums["count"]])
         summary = {"train/loss": loss / max(count, 1), "train/acc": 100.0 * correct / max(count, 1),
                    "lr/weights": self.epoch_lr, **self.regularisers}
-        summary["val/loss"], summary["val/acc"] = self.evaluate(**self.controller.eval_forward_kwargs())
+        trains = self.controller.weight_epochs(self.cfg.stages.epochs[self.stage]) > 0
+        if trains:  # an untrained supernet's accuracy means nothing, and a pass over the half costs minutes
+            summary["val/loss"], summary["val/acc"] = self.evaluate(**self.controller.eval_forward_kwargs())
         summary.update(self.controller.epoch_scalars(self.evaluate, summary))
         search.monitor.stage_scalars(self.stage + 1, summary, p.global_step)
+        if not trains:
+            log.info("stage %d epoch %d/%d  training-free: no weight trained or evaluated", self.stage + 1,
+                     epoch + 1, phase_epochs)
+            return summary
         extra = "".join(f"  {key} {value:.3f}" for key, value in self.regularisers.items())
         log.info("stage %d epoch %d/%d  train loss %.4f acc %.2f  val loss %.4f acc %.2f  lr %.5f%s",
                  self.stage + 1, epoch + 1, phase_epochs, summary["train/loss"], summary["train/acc"],
