@@ -138,3 +138,24 @@ def test_the_estimator_methods_never_open_the_nb201_table(shared_cifar10: Path, 
         assert parse_arch(record["genotype"])
         if method == "hybrid_zc":
             assert record["search"]["selection"]["picked"]["by"] == "probe"
+
+
+def test_the_darts_cifar10_config_prunes_without_training_or_evaluating_the_supernet(
+        shared_cifar10: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """experiments/proxy_darts_cifar10.yaml at a tiny size: three stages of estimator pruning end with a DARTS
+    genotype of one op per edge, and no stage trains the supernet or runs its validation pass."""
+    from nas.engine import search_loop
+
+    def no_pass(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a training-free stage evaluated the untrained supernet")
+
+    monkeypatch.setattr(search_loop.StageRunner, "evaluate", no_pass)
+    run_dir = tmp_path / "run"
+    config = str(Path(search.__file__).parent / "experiments" / "proxy_darts_cifar10.yaml")
+    assert search.main(["-c", config, "--run-dir", str(run_dir), "--set", f"data.root={shared_cifar10}",
+                        "data.limit=256", "data.batch_size=16", "model.C=4", "model.eval_C=4", "model.eval_layers=2",
+                        "stages.layers=[3,3,3]", "estimator_pruning.samples=[8,6,4]", "run.draw=false"]) == 0
+    record = read_record(run_dir / "genotype.json")
+    stages = record["search"]["stages"]
+    assert [len(s["kept_after"]["normal"][0]) for s in stages] == [5, 3, 1]
+    assert len(record["genotype"]["normal"]) == 8 and all(s["val_acc"] is None for s in stages)
