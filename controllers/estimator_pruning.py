@@ -143,9 +143,10 @@ class EstimatorPruningController(TrainingFreeController):
                 alpha.copy_(table[group].to(alpha.device))
 
     def stage_entries(self, space: Any, kept_ops: KeptOps, summary: dict[str, float]) -> dict[str, Any]:
-        """The estimator, the draws scored, and per group, edge and kept op its importance."""
+        """The estimator, the draws scored, the distinct architectures among them (estimator_evaluations), and per
+        group, edge and kept op its importance."""
         return {"estimator": self.samples.label, "samples": len(self.samples),
-                "distinct_scored": self.samples.distinct(),
+                "estimator_evaluations": self.samples.distinct(),
                 "importance": {g: [[round(v, 6) for v in row] for row in a.detach().cpu().tolist()]
                                for g, a in self.alphas.items()}}
 

@@ -111,9 +111,9 @@ class RandomEstimatorController(TrainingFreeController):
         return 100 * self.samples.rank(arch), f"estimator {self.samples.label}"
 
     def stage_entries(self, space: Any, kept_ops: KeptOps, summary: dict[str, float]) -> dict[str, Any]:
-        """The estimator, the number of candidates and draws, and the best candidate."""
+        """The estimator, the candidates scored (estimator_evaluations), the draws, and the best candidate."""
         best = self._best()
-        return {"estimator": self.samples.label, "estimator_candidates": len(self.samples), "draws": self.draws,
+        return {"estimator": self.samples.label, "estimator_evaluations": len(self.samples), "draws": self.draws,
                 "best_candidate": None if best is None else self.samples.keys[best]}
 
     def get_extra_state(self) -> dict[str, Any]:

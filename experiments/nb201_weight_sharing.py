@@ -21,8 +21,9 @@
 
 OUT/results.json: `ranking: {kendall_tau, spearman_rho, precision_top5pct, ...}` (the uniform-over-ops supernet
 with recalibrated BatchNorm; every variant and both BatchNorm modes under `variants`) and
-`search: {method: {test_acc_mean, test_acc_std, archs, wall_s, cpu_s, ...}}` (cpu_s: the search's process CPU
-seconds, mean over seeds). Finished searches and rankings in OUT are
+`search: {method: {test_acc_mean, test_acc_std, archs, wall_s, cpu_s, estimator_evaluations, ...}}` (cpu_s: the
+search's process CPU seconds, mean over seeds; estimator_evaluations: per seed, the architectures a training-free
+search scored). Finished searches and rankings in OUT are
 reused when their settings match, so a rerun after an interruption does only what is missing.
 """
 from __future__ import annotations
@@ -94,7 +95,8 @@ class SearchPreset:
     score_C: int = 16  # the estimator methods score the benchmark's network at these channels (model.eval_C)
     score_N: int = 5  # and cells per stage (model.eval_N)
     prune_samples: int = 48  # prune_zc: cells drawn and scored per stage
-    random_candidates: int = 300  # random_zc and hybrid_zc: distinct cells scored
+    random_candidates: int = 212  # random_zc and hybrid_zc: distinct cells scored, matched to reinforce_zc's mean
+    # estimator evaluations over its 5 seeds (docs/study-nb201.md)
     probe_top_k: int = 5  # hybrid_zc: the best cells by the estimator that are trained
     probe_epochs: int = 2
     probe_C: int = 8
@@ -207,7 +209,8 @@ def run_search(argv: list[str], run_dir: Path, config: dict[str, Any]) -> dict[s
     """One search through search.main, its console in console.log: reused when run_dir finished this config,
     resumed (--resume) when it stopped after a checkpoint; returns the found architecture string, wall seconds,
     CPU seconds of this process in search.main (summed over resumed parts, kept in CPU_FILE; None for a run
-    finished before it was kept) and steps (weight and policy steps)."""
+    finished before it was kept), steps (weight and policy steps) and estimator_evaluations (the training-free
+    controllers' distinct architectures scored, summed over stages; None for the others)."""
     same = same_config(run_dir, config)
     cpu_file = run_dir / CPU_FILE
     if not (same and (run_dir / "genotype.json").is_file()):
@@ -223,8 +226,11 @@ def run_search(argv: list[str], run_dir: Path, config: dict[str, Any]) -> dict[s
     record = read_record(run_dir / "genotype.json")
     last_stage = read_record(run_dir / "stages" / f"stage{len(record['search']['stages'])}.json")
     cpu_s = json.loads(cpu_file.read_text())["cpu_s"] if cpu_file.is_file() else None
+    evaluations = [stage["estimator_evaluations"] for stage in record["search"]["stages"]
+                   if "estimator_evaluations" in stage]
     return {"arch": record["genotype"], "wall_s": record["search"]["wall_time_s"], "cpu_s": cpu_s,
-            "steps": last_stage["global_step"], "by_max_skip": record["search"].get("genotypes_by_max_skip", {})}
+            "steps": last_stage["global_step"], "by_max_skip": record["search"].get("genotypes_by_max_skip", {}),
+            "estimator_evaluations": sum(evaluations) if evaluations else None}
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -258,6 +264,7 @@ def summarise_search(runs: dict[int, dict[str, Any]], bench: TabularBenchmark) -
             "wall_s": float(np.mean([runs[s]["wall_s"] for s in seeds])),
             "cpu_s": None if None in cpu else float(np.mean(cpu)),
             "steps": int(np.mean([runs[s]["steps"] for s in seeds])),
+            "estimator_evaluations": [runs[s].get("estimator_evaluations") for s in seeds],
             "test_acc_by_max_skip": by_max_skip([runs[s].get("by_max_skip", {}) for s in seeds], bench)}
 
 

@@ -136,6 +136,10 @@ def test_the_estimator_methods_never_open_the_nb201_table(shared_cifar10: Path, 
         assert search.main(["-c", str(study.CONFIG), "--run-dir", str(run_dir), "--set", *overrides]) == 0
         record = read_record(run_dir / "genotype.json")
         assert parse_arch(record["genotype"])
+        evaluations = [stage["estimator_evaluations"] for stage in record["search"]["stages"]]
+        assert all(n >= 1 for n in evaluations)  # what the study matches random_zc's N to
+        if method in ("random_zc", "hybrid_zc"):
+            assert evaluations == [preset.random_candidates]
         if method == "hybrid_zc":
             assert record["search"]["selection"]["picked"]["by"] == "probe"
 
