@@ -36,12 +36,11 @@ from nas.core.errors import OneLineParser, UserError, exit_on_user_error
 from nas.core.estimators.batches import image_batches
 from nas.core.estimators.ensemble import DEFAULT_MEMBERS, OnlineRankEnsemble, rank_ensemble
 from nas.core.estimators.registry import parse_names, score_all
-from nas.core.metrics import kendall_tau, spearman_rho
+from nas.core.metrics import ranking_correlations
 from search_spaces.nb201 import build_network, code_to_arch
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT.parent / "shared" / "data" / "nb201" / "nb201_cifar10.csv"
-TOP_FRACTION = 0.05
 SELECTION_SEED = 0  # the stratified draw and the scoring order
 SMOKE = {"cells": 6, "seeds": 1, "C": 4, "N": 1, "batch_size": 16}
 
@@ -86,17 +85,8 @@ def stratified_codes(by_code: np.ndarray, count: int, seed: int) -> list[int]:
     return [int(c) for c in rng.permutation(picked)]
 
 
-def precision_at_top(scores: Sequence[float], truth: Sequence[float], fraction: float = TOP_FRACTION) -> float:
-    """The share of the `fraction` best cells by score that are among the `fraction` best by the truth."""
-    k = max(1, round(fraction * len(scores)))
-    by_score = set(np.argsort(-np.asarray(scores), kind="stable")[:k].tolist())
-    by_truth = set(np.argsort(-np.asarray(truth), kind="stable")[:k].tolist())
-    return len(by_score & by_truth) / k
-
-
 def ranking_of(scores: Sequence[float], truth: Sequence[float], cpu_s: float) -> dict[str, float]:
-    return {"kendall_tau": kendall_tau(scores, truth), "spearman_rho": spearman_rho(scores, truth),
-            "precision_top5pct": precision_at_top(scores, truth), "cpu_s_per_cell": cpu_s}
+    return {**ranking_correlations(scores, truth), "cpu_s_per_cell": cpu_s}
 
 
 def summarise(rows: list[dict[str, Any]], bench: TabularBenchmark, args: Any) -> tuple[list[dict], dict]:

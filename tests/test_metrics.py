@@ -7,7 +7,16 @@ import pytest
 import torch
 from torch import nn
 
-from nas.core.metrics import accuracy, count_parameters, flops_millions, kendall_tau, spearman_rho, symmetrised_kl
+from nas.core.metrics import (
+    accuracy,
+    count_parameters,
+    flops_millions,
+    kendall_tau,
+    precision_at_top,
+    ranking_correlations,
+    spearman_rho,
+    symmetrised_kl,
+)
 
 
 def test_accuracy_top_k_by_hand() -> None:
@@ -44,6 +53,16 @@ def test_rank_correlations_on_known_vectors() -> None:
     assert spearman_rho(a, [1, 3, 2, 4]) == pytest.approx(0.8)  # 1 - 6 * 2 / (4 * 15)
     assert spearman_rho(a, [1, 4, 9, 16]) == pytest.approx(1.0)
     assert math.isnan(kendall_tau(a, [1, 1, 1, 1]))
+
+
+def test_precision_at_the_top() -> None:
+    truth = list(range(40))  # the top 5% of 40 is 2 items
+    assert precision_at_top(truth, truth) == 1.0
+    assert precision_at_top([-t for t in truth], truth) == 0.0
+    assert precision_at_top([*range(38), 39, 38], truth) == 1.0  # the top two, swapped
+    assert precision_at_top([*range(38), 39, 0], truth) == 0.5  # one of the top two
+    assert ranking_correlations(truth, truth) == {"kendall_tau": pytest.approx(1.0),
+                                                  "spearman_rho": pytest.approx(1.0), "precision_top5pct": 1.0}
 
 
 def test_symmetrised_kl() -> None:

@@ -15,7 +15,7 @@ from conftest import ROOT, SHARED_DATA, load_script, shared_path
 
 from controllers.base import ArchStepContext
 from controllers.rsps import RspsConfig, RspsController
-from nas.benchmarks.nb201_ranking import PathSampler, iso_classes, precision_at_top, study_cells
+from nas.benchmarks.nb201_ranking import PathSampler, iso_classes, study_cells
 from nas.benchmarks.nb201_table import TabularBenchmark
 from search_spaces.nb201 import NB201Space, parse_arch
 
@@ -112,12 +112,6 @@ def test_study_cells_span_the_accuracy_range_and_include_the_best() -> None:
     assert len(codes) == len(set(codes)) and 24 <= len(codes) <= 25
     assert set(range(995, 1000)) <= set(codes)
     assert min(codes) < 50 and max(by_code[codes]) == by_code.max()
-
-
-def test_precision_at_the_top() -> None:
-    truth = list(range(40))
-    assert precision_at_top(truth, truth) == 1.0
-    assert precision_at_top([-t for t in truth], truth) == 0.0
 
 
 def test_uniform_over_cells_draws_isomorphism_classes_evenly() -> None:

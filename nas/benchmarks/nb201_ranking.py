@@ -35,11 +35,10 @@ from nas.benchmarks.oneshot import Batches, bn_stats_kept, fixed_batches, predic
 from nas.core.batchnorm import batch_stat_eval
 from nas.core.data import DataConfig, load_dataset, search_loaders
 from nas.core.device import resolve_device
-from nas.core.metrics import accuracy, kendall_tau, spearman_rho, symmetrised_kl
+from nas.core.metrics import accuracy, kendall_tau, ranking_correlations, spearman_rho, symmetrised_kl
 from search_spaces.nb201 import EDGES, GROUP, NB201_OPS, NB201Space, arch_to_path, code_to_arch
 
 SAMPLINGS = ("ops", "cells")
-TOP_FRACTION = 0.05  # precision at the top 5%
 EVAL_BATCH = 250
 ALL_ON = {GROUP: torch.ones(len(EDGES), len(NB201_OPS))}  # the all-on network: every op of every edge summed
 
@@ -123,18 +122,6 @@ def recal_predict(model: nn.Module, batches: Batches, recal: Batches, **forward_
         return predict(model, batches, **forward_kwargs)
 
 
-def precision_at_top(scores: Sequence[float], truth: Sequence[float], fraction: float = TOP_FRACTION) -> float:
-    """|top-k by score & top-k by truth| / k, k = max(1, round(fraction * n))."""
-    k = max(1, round(fraction * len(truth)))
-    top = set(np.argsort(-np.asarray(truth), kind="stable")[:k])
-    return len(top & set(np.argsort(-np.asarray(scores), kind="stable")[:k])) / k
-
-
-def correlations(scores: Sequence[float], truth: Sequence[float]) -> dict[str, float]:
-    return {"kendall_tau": kendall_tau(scores, truth), "spearman_rho": spearman_rho(scores, truth),
-            "precision_top5pct": precision_at_top(scores, truth)}
-
-
 def score_cells(model: nn.Module, codes: Sequence[int], held_out: Batches, recal: Batches,
                 truth: Sequence[float]) -> dict[str, Any]:
     """Both BatchNorm modes' one-shot top-1 of every cell, the KL to all-on, and their correlations with `truth`."""
@@ -147,7 +134,8 @@ def score_cells(model: nn.Module, codes: Sequence[int], held_out: Batches, recal
         logits = recal_predict(model, held_out, recal, path=path)
         recal_acc.append(accuracy(logits, labels)[0])
         kl.append(symmetrised_kl(logits, reference).mean().item())
-    return {"batch_stats": correlations(batch_acc, truth), "recalibrated": correlations(recal_acc, truth),
+    return {"batch_stats": ranking_correlations(batch_acc, truth),
+            "recalibrated": ranking_correlations(recal_acc, truth),
             "kl_spearman_rho": spearman_rho(kl, truth), "kl_kendall_tau": kendall_tau(kl, truth),
             "cells": {"batch_stats_acc": batch_acc, "recalibrated_acc": recal_acc, "kl": kl}}
 

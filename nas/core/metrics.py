@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,6 +50,20 @@ def spearman_rho(a: Sequence[float], b: Sequence[float]) -> float:
     from scipy import stats
 
     return float(stats.spearmanr(a, b).statistic)
+
+
+def precision_at_top(scores: Sequence[float], truth: Sequence[float], fraction: float = 0.05) -> float:
+    """The share of the `fraction` best items by score that are among the `fraction` best by the truth:
+    |top-k by score & top-k by truth| / k, k = max(1, round(fraction * n)), ties broken by position."""
+    k = max(1, round(fraction * len(truth)))
+    top = set(np.argsort(-np.asarray(truth), kind="stable")[:k].tolist())
+    return len(top & set(np.argsort(-np.asarray(scores), kind="stable")[:k].tolist())) / k
+
+
+def ranking_correlations(scores: Sequence[float], truth: Sequence[float]) -> dict[str, float]:
+    """How well `scores` rank against `truth`: Kendall tau, Spearman rho and precision at the top 5%."""
+    return {"kendall_tau": kendall_tau(scores, truth), "spearman_rho": spearman_rho(scores, truth),
+            "precision_top5pct": precision_at_top(scores, truth)}
 
 
 def symmetrised_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
