@@ -228,14 +228,29 @@ def test_a_percentile_counts_the_share_below_with_ties_half() -> None:
 
 def test_the_published_genotypes_percentile_smoke_run_scores_each_once_and_resumes(tmp_path, shared_cifar10) -> None:
     cmd = ["experiments/darts_proxy_percentiles.py", "--smoke", "--out", str(tmp_path), "--root",
-           str(shared_cifar10), "--estimators", "params,synflow"]
+           str(shared_cifar10), "--estimators", "params,synflow", "--ensemble", "params,synflow",
+           "--genotype", "mine=DARTS_V2"]
     first = run_script(*cmd)
     assert first.returncode == 0, first.stderr
-    results = json.loads((tmp_path / "results.json").read_text())
-    published = results["estimators"]["params"]["published"]
-    assert len(published) == 7 and all(0.0 <= p["percentile"] <= 100.0 for p in published.values())
+    results = json.loads((tmp_path / "results.json").read_text())["estimators"]
+    for name in ("params", "synflow", "ensemble"):
+        published = results[name]["published"]
+        assert len(published) == 8 and all(0.0 <= p["percentile"] <= 100.0 for p in published.values())
+        assert published["mine"] == published["DARTS_V2"]  # the same cell, built and scored alike
+    assert results["ensemble"]["members"] == ["params", "synflow"]
     assert len((tmp_path / "random_genotypes.txt").read_text().splitlines()) == 6
     rows = (tmp_path / "rows.csv").read_text()
-    assert len(rows.splitlines()) == 1 + 7 + 6
+    assert len(rows.splitlines()) == 1 + 7 + 1 + 6
     assert run_script(*cmd).returncode == 0
     assert (tmp_path / "rows.csv").read_text() == rows, "a re-run scored genotypes it had already scored"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--genotype", "DARTS_V2"], "write LABEL=SPEC"),
+    (["--genotype", "PDARTS=DARTS_V2"], "taken by a published or random cell"),
+    (["--ensemble", "nwot,zen", "--estimators", "nwot"], "must be among --estimators"),
+])
+def test_the_percentile_study_refuses_bad_input_in_one_line(argv: list[str], message: str, tmp_path) -> None:
+    done = run_script("experiments/darts_proxy_percentiles.py", "--out", str(tmp_path), *argv)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "rows.csv").exists()
