@@ -20,6 +20,7 @@ import torch
 from nas.core.data import load_dataset
 from nas.core.errors import OneLineParser, UserError, exit_on_user_error
 from nas.core.estimators.batches import image_batches
+from nas.core.estimators.ensemble import DEFAULT_MEMBERS
 from nas.core.estimators.registry import parse_names, score_all
 from nas.core.records import read_record
 from search_spaces.darts.genotype import load_genotype
@@ -35,7 +36,8 @@ def _parse(argv: Sequence[str] | None) -> Any:
     p = OneLineParser(prog="nas-proxy", description=__doc__.split("\n\n")[0])
     p.add_argument("archs", nargs="+", help="genotype names, Genotype(...) strings, record files, NB201 strings, "
                                             "or text files of them")
-    p.add_argument("-e", "--estimators", default="nwot,synflow,params", help="comma-separated names, or all")
+    p.add_argument("-e", "--estimators", default=",".join(DEFAULT_MEMBERS),
+                   help="comma-separated names, or all (default: the default ensemble's members)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--seed", type=int, default=0, help="the initialisation's and the batches' seed")
     p.add_argument("--batch-size", type=int, default=64)
