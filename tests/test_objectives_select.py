@@ -236,6 +236,22 @@ def test_sbo_and_best_sampled_use_rescored_rewards_not_the_noisy_sampled_maximum
     assert picked["genotype"] == ("good" if rescore >= 12 else "s0")  # 'good' (12th) is rescored only if asked
 
 
+def test_probe_trains_a_sample_equal_to_the_argmax_once_and_records_its_accuracy_on_both() -> None:
+    argmax = {"genotype": "a", "record": 0}
+    candidates = [{"genotype": "a", "record": 0}, {"genotype": "b", "record": 1}, {"genotype": "c", "record": 2}]
+    probed: list[str] = []
+
+    def probe(candidate: dict) -> float:
+        probed.append(candidate["genotype"])
+        return {"a": 30.0, "b": 50.0, "c": 40.0}[candidate["genotype"]]
+
+    selection = final_choice({"argmax_rescored": argmax, "candidates": candidates},
+                             SelectConfig(select="probe", top_k=2), probe)
+    assert probed == ["a", "b"]  # the top 2 samples are the argmax and b; c is outside top_k
+    assert [c.get("probe_acc") for c in candidates] == [30.0, 50.0, None]
+    assert selection["argmax"]["probe_acc"] == 30.0 and selection["picked"]["genotype"] == "b"
+
+
 def test_probe_leaves_every_global_rng_as_it_was() -> None:
     """torch, Python's random and NumPy continue exactly as if no probe had trained in between."""
     data = load_dataset("digits")

@@ -221,6 +221,8 @@ def final_choice(entry: dict[str, Any], cfg: SelectConfig, probe: Callable[[dict
         pool = [argmax, *(c for c in top if c["genotype"] != argmax["genotype"])]  # each architecture trained once
         for candidate, acc in zip(pool, probe_pool(pool, probe)):
             candidate["probe_acc"] = round(acc, 3)
+        for candidate in top:  # a sample that is the argmax was trained as the argmax: the record says so
+            candidate.setdefault("probe_acc", argmax["probe_acc"])
         best = max(range(len(pool)), key=lambda i: (pool[i]["probe_acc"], -i))
         picked = pool[best]
         source = "argmax" if best == 0 else f"sample {top.index(picked) + 1} (of the top {cfg.top_k} by sampled reward)"
