@@ -34,7 +34,7 @@ from nas.benchmarks.score_log import ScoreLog, write_text_atomic
 from nas.core.data import load_dataset
 from nas.core.errors import OneLineParser, UserError, exit_on_user_error
 from nas.core.estimators.batches import image_batches
-from nas.core.estimators.ensemble import DEFAULT_MEMBERS, OnlineRankEnsemble, rank_ensemble
+from nas.core.estimators.ensemble import DEFAULT_MEMBERS, OnlineRankEnsemble
 from nas.core.estimators.registry import parse_names, score_all
 from search_spaces.darts.genotype import load_genotype
 from search_spaces.registry import space_class
@@ -112,11 +112,11 @@ def summarise(rows: list[dict[str, Any]], estimators: Sequence[str], ensemble: S
     for name in estimators:
         out[name] = {**placed({label: by_label[label][name] for label in labels}, [row[name] for row in randoms]),
                      "cpu_s_per_genotype": float(np.mean([row[f"cpu_{name}"] for row in by_label.values()]))}
-    among = OnlineRankEnsemble(ensemble)
-    random_scores = rank_ensemble({name: [row[name] for row in randoms] for name in ensemble}, ensemble)
+    among = OnlineRankEnsemble(ensemble)  # the random cells' ranks; every cell is scored against them alone
     for row in randoms:
         among.add(row)
-    out["ensemble"] = {**placed({label: among.score(by_label[label]) for label in labels}, random_scores),
+    out["ensemble"] = {**placed({label: among.score(by_label[label]) for label in labels},
+                                [among.score(row) for row in randoms]),
                        "members": list(ensemble),
                        "cpu_s_per_genotype": sum(out[name]["cpu_s_per_genotype"] for name in ensemble)}
     return out
