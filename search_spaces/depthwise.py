@@ -105,11 +105,22 @@ class Depthwise(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
-        d, stride = conv.dilation[0], conv.stride[0]
-        if d == 1:
-            fast = stride == 1 and min(x.shape[2:]) < conv.kernel_size[0]
-        else:
-            fast = stride in (1, d)
-        if fast and torch.is_grad_enabled() and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
-            return _DepthwiseFn.apply(x, conv.weight, d, stride)
+        stride, dilation = conv.stride[0], conv.dilation[0]
+        if _takes_fast_path(x, conv.kernel_size[0], stride, dilation):
+            return _DepthwiseFn.apply(x, conv.weight, dilation, stride)
         return conv(x)
+
+
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: int, dilation: int) -> torch.Tensor:
+    """Depthwise's forward for any weight ([C, 1, k, k]) as a function (grouped_ops runs several edges' Depthwise
+    layers as one with their weights concatenated); FLOP counters, which hook modules, do not see it."""
+    kernel = weight.shape[2]
+    if _takes_fast_path(x, kernel, stride, dilation):
+        return _DepthwiseFn.apply(x, weight, dilation, stride)
+    return F.conv2d(x, weight, None, stride, dilation * (kernel // 2), dilation, weight.shape[0])
+
+
+def _takes_fast_path(x: torch.Tensor, kernel: int, stride: int, dilation: int) -> bool:
+    """Whether a training step on the CPU runs _DepthwiseFn: dilated convs, and undilated ones on small maps."""
+    fast = stride == 1 and min(x.shape[2:]) < kernel if dilation == 1 else stride in (1, dilation)
+    return fast and torch.is_grad_enabled() and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")

@@ -2,6 +2,7 @@
 normalisation (the node softmax, the derivation with alpha times beta, the config)."""
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -83,6 +84,48 @@ def test_partial_with_k1_and_no_edge_norm_equals_the_plain_mixture() -> None:
     weights = {g: torch.softmax(torch.randn(14, len(DARTS_OPS)), -1) for g in GROUPS}
     with torch.no_grad():
         assert torch.allclose(net(x, weights=weights), reference_mixture(net, x, weights), rtol=1e-5, atol=1e-6)
+
+
+def reference_partial_mixture(net: torch.nn.Module, x: torch.Tensor, weights: dict[str, torch.Tensor],
+                              edge_weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The PC-DARTS mixture written out edge by edge: partial_edge runs every kept op (`none` adds zero) of the
+    edge on its drawn channels, and the edge's output is scaled by its edge weight."""
+    s0 = s1 = net.stem(x.contiguous(memory_format=torch.channels_last))
+    for cell, group in zip(net.cells, net._groups):
+        states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+        for node in cell.nodes:
+            states.append(sum(edge_weights[group][e] * partial_edge(
+                states[j], net.partial_k, cell.strides[e],
+                lambda part, ops=cell.edges[e], w=weights[group][e]: sum(w[k] * op(part) for k, op in enumerate(ops))
+            ) for e, j in node))
+        s0, s1 = s1, torch.cat(states[-cell.multiplier:], dim=1)
+    return net.classifier(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(s1, 1), 1))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_the_grouped_partial_node_equals_the_mixture_written_out_edge_by_edge(train: bool) -> None:
+    """Edges keep different ops (as after a P-DARTS drop), so a node's grouped calls run on subsets of its edges;
+    in training the batch statistics, the running statistics and the gradients match too."""
+    torch.manual_seed(0)
+    kept = {g: [sorted((DARTS_OPS[(e + i) % 8] for i in range(4)), key=DARTS_OPS.index) for e in range(14)]
+            for g in GROUPS}
+    net = space(mixture="partial", partial_k=2).build_supernet(kept, layers=3).train(train)
+    reference = copy.deepcopy(net)
+    x = torch.randn(4, 1, 8, 8)
+    alphas = {g: torch.randn(14, 4, requires_grad=True) for g in GROUPS}
+    betas = {g: torch.rand(14, requires_grad=True) for g in GROUPS}
+    outputs, grads = [], []
+    for model, forward in ((net, lambda w, b: net(x, weights=w, edge_weights=b)),
+                           (reference, lambda w, b: reference_partial_mixture(reference, x, w, b))):
+        torch.manual_seed(1)
+        out = forward({g: torch.softmax(a, -1) for g, a in alphas.items()}, betas)
+        outputs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), [*alphas.values(), *betas.values(),
+                                                             *model.parameters()]))
+    assert torch.allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(*grads))
+    for (name, mine), theirs in zip(net.named_buffers(), reference.buffers()):
+        assert torch.allclose(mine.float(), theirs.float(), rtol=1e-4, atol=1e-6), name
 
 
 def test_edge_weights_scale_every_edge_of_the_full_and_the_partial_mixture() -> None:
