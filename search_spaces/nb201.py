@@ -28,8 +28,8 @@ from torch import nn
 from nas.core.arch_types import NONE_OP, OpIndices
 from nas.core.errors import UserError
 from search_spaces.base import DataShape, KeptOps, SearchSpace
-from search_spaces.ops import PreActivated, ReLUConvBN, build_op
-from search_spaces.partial_channels import check_mixture, check_partial_k, partial_edge
+from search_spaces.ops import Identity, PreActivated, ReLUConvBN, build_op
+from search_spaces.partial_channels import KeptOp, PartialNode, check_mixture, check_partial_k
 
 NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 NODES = 4  # node 0 is the cell's input, node 3 its output
@@ -156,21 +156,23 @@ class NB201Cell(nn.Module):
         # Plain views for the hot loops: per edge, the op of each kept index (None for `none`).
         self._ops = [[None if name == NONE_OP else op for op, name in zip(edge, names)]
                      for edge, names in zip(self.edges, kept)]
+        kept_ops = [[None if op is None else KeptOp(name, op, isinstance(op, PreActivated), isinstance(op, Identity))
+                     for op, name in zip(ops, names)] for ops, names in zip(self._ops, kept)]
+        self._partial_nodes = [PartialNode([(e, j, 1) for e, j in pairs], kept_ops)
+                               for pairs in INCOMING] if partial_k > 1 else []
 
     def forward_mixture(self, x: torch.Tensor, w: list[Sequence[torch.Tensor]],
                         edge_w: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """Every node sums w[e][k] * op_k(input) over its edges' kept ops; ReLU-first ops share one ReLU. With
-        partial channels (K > 1) each edge's sum runs on C/K channels (partial_edge), times edge_w[e] if given."""
+        partial channels (K > 1) each edge's sum runs on C/K channels, times edge_w[e] if given (PartialNode)."""
         nodes = [x]
-        for pairs in INCOMING:
+        for n, pairs in enumerate(INCOMING):
+            if self.partial_k > 1:
+                nodes.append(self._partial_nodes[n](nodes, self.partial_k, w, edge_w))
+                continue
             acc = None
             for e, j in pairs:
-                if self.partial_k == 1:
-                    acc = self._mix(nodes[j], e, w[e], acc)
-                    continue
-                y = partial_edge(nodes[j], self.partial_k, 1, functools.partial(self._mix, e=e, w_e=w[e], acc=None))
-                y = y if edge_w is None else y * edge_w[e]
-                acc = y if acc is None else acc.add_(y)
+                acc = self._mix(nodes[j], e, w[e], acc)
             nodes.append(torch.zeros_like(x) if acc is None else acc)
         return nodes[-1]
 

@@ -3,6 +3,7 @@ plain mixture, the seeded channel draw, edge weights in the mixture, on a path a
 and a short search that records its edge weights)."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +19,7 @@ from nas.core.config import build_dataclass
 from nas.core.errors import UserError
 from nas.core.records import read_record
 from search_spaces.nb201 import INCOMING, NB201_OPS, NB201ModelConfig, NB201Space
+from search_spaces.partial_channels import partial_edge
 
 DATA = SimpleNamespace(in_channels=3, size=8, num_classes=10)
 
@@ -80,6 +82,42 @@ def test_the_partial_mixture_runs_its_ops_on_drawn_channels_seeded() -> None:
     betas = torch.ones(6, requires_grad=True)
     net(x, weights={"cell": torch.softmax(alphas, -1)}, edge_weights={"cell": betas}).sum().backward()
     assert alphas.grad.abs().sum() > 0 and betas.grad.abs().sum() > 0
+
+
+def test_the_grouped_partial_nodes_equal_the_mixture_written_out_edge_by_edge() -> None:
+    """Edges keep different ops (as after a drop), the supernet trains: outputs, gradients and running statistics
+    match the per-edge PC-DARTS mixture (partial_edge, every kept op on the edge's drawn channels)."""
+    torch.manual_seed(0)
+    nb201 = space(mixture="partial", partial_k=2)
+    kept = {"cell": [[NB201_OPS[(e + i) % len(NB201_OPS)] for i in range(3)] for e in range(6)]}
+    net = nb201.build_supernet(kept, layers=1).train()
+    reference = copy.deepcopy(net)
+    x = torch.randn(4, 3, 8, 8)
+    alphas, betas = torch.randn(6, 3, requires_grad=True), torch.rand(6, requires_grad=True)
+
+    def written_out(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        h = reference.stem(x.contiguous(memory_format=torch.channels_last))
+        for block in reference.blocks:
+            if not hasattr(block, "edges"):
+                h = block(h)
+                continue
+            nodes = [h]
+            for pairs in INCOMING:
+                nodes.append(sum(b[e] * partial_edge(nodes[j], 2, 1, lambda part, ops=block.edges[e], w_e=w[e]: sum(
+                    w_e[k] * op(part) for k, op in enumerate(ops))) for e, j in pairs))
+            h = nodes[-1]
+        return reference.classifier(reference.head(h))
+
+    results = []
+    for model, forward in ((net, lambda w, b: net(x, weights={"cell": w}, edge_weights={"cell": b})),
+                           (reference, written_out)):
+        torch.manual_seed(1)
+        out = forward(torch.softmax(alphas, -1), betas)
+        results.append((out, torch.autograd.grad(out.square().sum(), [alphas, betas, *model.parameters()])))
+    (mine, my_grads), (theirs, their_grads) = results
+    assert torch.allclose(mine, theirs, rtol=1e-4, atol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(my_grads, their_grads))
+    assert all(torch.allclose(a.float(), b.float(), atol=1e-6) for a, b in zip(net.buffers(), reference.buffers()))
 
 
 def test_edge_weights_scale_every_edge_of_the_mixture_and_the_path() -> None:

@@ -5,7 +5,7 @@ The cell geometry (edge order, channel layout) is in geometry.py.
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,6 @@ from search_spaces.darts.geometry import (
     out_channels,
     stem_conv,
 )
-from search_spaces.grouped_ops import run_grouped
 from search_spaces.ops import (
     FactorizedReduce,
     Identity,
@@ -42,26 +41,11 @@ from search_spaces.ops import (
     build_op,
     is_pool,
 )
-from search_spaces.partial_channels import check_partial_k, merge_channels, partial_edge, split_channels
+from search_spaces.partial_channels import KeptOp, PartialNode, check_partial_k, partial_edge
 
 # How a supernet edge runs one of its ops (decided once at build time).
 _NONE, _PRE, _SKIP, _PLAIN = range(4)
 
-
-class _GroupedOp(NamedTuple):
-    """One op name of a stride group of a partial node: its kind and, per edge that keeps it, the edge's position
-    in the group, the edge, and the op's index in the edge's kept ops."""
-    kind: int
-    positions: list[int]
-    edges: list[int]
-    indices: list[int]
-
-
-class _StrideGroup(NamedTuple):
-    """The edges (edge, input state) of a partial node that share a stride, and their ops by name."""
-    stride: int
-    edges: list[tuple[int, int]]
-    ops: list[_GroupedOp]
 
 Weights = dict[str, torch.Tensor]  # group -> [E, K] mixture weights
 
@@ -122,83 +106,26 @@ class _SearchCell(_Cell):
         self._ops = [[(_op_kind(op, name), op) for op, name in zip(edge, names)]
                      for edge, names in zip(self.edges, kept)]
         self._active = [[(k, kind, op) for k, (kind, op) in enumerate(ops) if kind != _NONE] for ops in self._ops]
-        self._plans = [self._node_plan(node, kept) for node in self.nodes] if partial_k > 1 else []
-
-    def _node_plan(self, node: list[tuple[int, int]], kept: list[list[str]]) -> list[_StrideGroup]:
-        """A node's edges grouped by stride, each group with its ops by name: the edges that keep the op."""
-        plan = []
-        # Stride 2 first: a reduction node's stride-2 edges read the cell inputs, so the channels are drawn in the
-        # node's edge order.
-        for stride in sorted({self.strides[e] for e, _ in node}, reverse=True):
-            edges = [(e, j) for e, j in node if self.strides[e] == stride]
-            names = dict.fromkeys(name for e, _ in edges for name in kept[e] if name != NONE)
-            ops = []
-            for name in names:
-                members = [(i, e, kept[e].index(name)) for i, (e, _) in enumerate(edges) if name in kept[e]]
-                ops.append(_GroupedOp(self._ops[members[0][1]][members[0][2]][0], *map(list, zip(*members))))
-            plan.append(_StrideGroup(stride, edges, ops))
-        return plan
+        kept_ops = [[None if kind == _NONE else KeptOp(name, op, kind == _PRE, kind == _SKIP)
+                     for (kind, op), name in zip(ops, names)] for ops, names in zip(self._ops, kept)]
+        self._partial_nodes = [PartialNode([(e, j, self.strides[e]) for e, j in node], kept_ops)
+                               for node in self.nodes] if partial_k > 1 else []
 
     def forward_mixture(self, s0: torch.Tensor, s1: torch.Tensor, w: list[Sequence[torch.Tensor]],
                         skip_p: float, edge_w: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """Every node sums w[e][k] * op_k(input) over its edges' non-none kept ops, accumulated in place; with
-        partial channels (K > 1) each edge's sum runs on C/K channels, times edge_w[e] if given (_partial_node)."""
+        partial channels (K > 1) each edge's sum runs on C/K channels, times edge_w[e] if given (PartialNode)."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        skip = functools.partial(self._skip_dropout, p=skip_p)
         for n, node in enumerate(self.nodes):
             if self.partial_k > 1:
-                states.append(self._partial_node(self._plans[n], states, w, skip_p, edge_w))
+                states.append(self._partial_nodes[n](states, self.partial_k, w, edge_w, skip))
                 continue
             acc = None
             for e, j in node:
                 acc = self._mix(states[j], e, w[e], skip_p, acc)
             states.append(self.node_zeros(states[1]) if acc is None else acc)
         return torch.cat(states[-self.multiplier:], dim=1)
-
-    def _partial_node(self, plan: list[_StrideGroup], states: list[torch.Tensor], w: list[Sequence[torch.Tensor]],
-                      skip_p: float, edge_w: Sequence[torch.Tensor] | None) -> torch.Tensor:
-        """A node of partial edges: sum over its edges e of edge_w[e] * merge(sum_k w[e][k] * op_k(drawn_e),
-        bypass_e), with the merge (the shuffle) taken once over the sums, and each op of the edges of one stride
-        run in one grouped call on their drawn channels side by side (grouped_ops)."""
-        blocks, bypass = [], None
-        for group in plan:
-            drawn = []
-            for e, j in group.edges:
-                part, rest = split_channels(states[j], self.partial_k, group.stride)
-                drawn.append(part)
-                rest = rest if edge_w is None else rest * edge_w[e]
-                bypass = rest if bypass is None else bypass.add_(rest)
-            blocks.extend(self._mix_grouped(group, drawn, w, skip_p, edge_w))
-        return merge_channels(sum(blocks[1:], blocks[0]) if blocks else None, bypass, self.partial_k)
-
-    def _mix_grouped(self, group: _StrideGroup, drawn: list[torch.Tensor], w: list[Sequence[torch.Tensor]],
-                     skip_p: float, edge_w: Sequence[torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
-        """Per edge of the group, sum_k w[e][k] (* edge_w[e]) * op_k(drawn[e]); () when no op runs."""
-        every = torch.cat(drawn, dim=1)
-        relu_every, acc, width = None, None, drawn[0].shape[1]
-        for op in group.ops:
-            everyone = len(op.positions) == len(drawn)
-            x = every if everyone else torch.cat([drawn[i] for i in op.positions], dim=1)
-            modules = [self._ops[e][k][1] for e, k in zip(op.edges, op.indices)]
-            if op.kind == _PRE:
-                if everyone:
-                    relu_every = F.relu(x) if relu_every is None else relu_every
-                y = run_grouped([module.body for module in modules], relu_every if everyone else F.relu(x))
-            elif op.kind == _SKIP:
-                y = self._skip_dropout(x, skip_p)
-            else:
-                y = run_grouped(modules, x)
-            weight = torch.stack([w[e][k] for e, k in zip(op.edges, op.indices)])
-            if edge_w is not None:
-                weight = weight * torch.stack([edge_w[e] for e in op.edges])
-            weight = weight.repeat_interleave(width).view(1, -1, 1, 1)
-            if everyone:
-                acc = y * weight if acc is None else acc.addcmul_(y, weight)
-                continue
-            if acc is None:
-                acc = y.new_zeros(y.shape[0], width * len(drawn), *y.shape[2:])
-            channels = torch.cat([torch.arange(i * width, (i + 1) * width) for i in op.positions]).to(y.device)
-            acc = acc.index_add_(1, channels, y * weight)
-        return () if acc is None else acc.chunk(len(drawn), dim=1)
 
     def _mix(self, x: torch.Tensor, e: int, w_e: Sequence[torch.Tensor], skip_p: float,
              acc: torch.Tensor | None) -> torch.Tensor | None:
