@@ -17,6 +17,8 @@ Cases, each a median forward+backward step (cross-entropy on random data) after 
                per stage) running one uniformly sampled op per edge (`none` included), as a REINFORCE weight step
   nb201_child  the stand-alone child of that path: the space's evaluation network of that cell (build_network, same
                C and cells). It is the floor for (nb201_path).
+  nb201_mixture  that NB201 supernet's full mixture (all 5 ops on every channel, alphas differentiated)
+  nb201_partial  its PC-DARTS mixture (model.mixture: partial, --partial-k, edge weights differentiated)
   controller   what a REINFORCE search (the default config: genotype samples, 4 per update, one update per
                weight step, parameter and FLOP costs) pays its controller per search step: the weight step's path
                draw plus the whole arch step (sample, cost each sample, update), with the supernet's scoring of
@@ -63,11 +65,13 @@ from search_spaces.darts.space import DartsSpace
 from search_spaces.depthwise import Depthwise
 from search_spaces.nb201 import EDGES as NB201_EDGES
 from search_spaces.nb201 import GROUP as NB201_GROUP
+from search_spaces.nb201 import INCOMING as NB201_INCOMING
 from search_spaces.nb201 import NB201_OPS, NB201Network, build_network, path_to_arch
 from search_spaces.ops import DARTS_OPS
 from search_spaces.partial_channels import check_partial_k
 
-OWN_STEP_CASES = ("mixture", "partial", "path", "child", "baseline", "baseline_cl", "nb201_path", "nb201_child")
+OWN_STEP_CASES = ("mixture", "partial", "path", "child", "baseline", "baseline_cl", "nb201_path", "nb201_child",
+                  "nb201_mixture", "nb201_partial")
 REFERENCE_CASES = {"ref_darts": "reference_darts", "ref_pcdarts": "reference_pcdarts"}  # case: its folder option
 STEP_CASES = OWN_STEP_CASES + tuple(REFERENCE_CASES)
 CASES = STEP_CASES + ("controller",)
@@ -84,7 +88,8 @@ RATIOS = {  # ratio -> (numerator case, denominator case), of the median step ti
     "baseline_cl_over_mixture": ("baseline_cl", "mixture"), "controller_fraction": ("controller", "path"),
     "mixture_over_partial": ("mixture", "partial"), "baseline_over_partial": ("baseline", "partial"),
     "ref_darts_over_partial": ("ref_darts", "partial"), "ref_darts_over_mixture": ("ref_darts", "mixture"),
-    "ref_pcdarts_over_partial": ("ref_pcdarts", "partial")}
+    "ref_pcdarts_over_partial": ("ref_pcdarts", "partial"),
+    "nb201_mixture_over_partial": ("nb201_mixture", "nb201_partial")}
 MEMORY_RATIO_CASES = ("mixture", "baseline", *REFERENCE_CASES)  # partial_memory_over_<case>
 STEPS, MULTIPLIER = 4, 4
 CONTROLLER_ROUNDS = 50
@@ -183,14 +188,26 @@ def build_step(case: str, args: argparse.Namespace, path: dict[str, list[int]], 
 
 def build_nb201_step(case: str, args: argparse.Namespace, path: list[int], x: torch.Tensor,
                      y: torch.Tensor) -> Step:
-    """The NB201 supernet running `path` (nb201_path), or that path's stand-alone network (nb201_child)."""
+    """The NB201 supernet running `path` (nb201_path), that path's stand-alone network (nb201_child), or the
+    supernet's full or partial mixture (nb201_mixture, nb201_partial)."""
     path_t = {NB201_GROUP: torch.tensor(path)}
     if case == "nb201_child":
         child = build_network(path_to_arch(path_t), args.C, args.nb201_cells).to(x.device)
         return _train_step(list(child.parameters()), lambda: child(x), y)
     kept = {NB201_GROUP: [list(NB201_OPS) for _ in NB201_EDGES]}
-    model = NB201Network(kept, args.C, args.nb201_cells).to(x.device)
-    return _train_step(list(model.parameters()), lambda: model(x, path=path_t), y)
+    partial_k = args.partial_k if case == "nb201_partial" else 1
+    model = NB201Network(kept, args.C, args.nb201_cells, partial_k=partial_k).to(x.device)
+    if case == "nb201_path":
+        return _train_step(list(model.parameters()), lambda: model(x, path=path_t), y)
+    alphas = (1e-3 * torch.randn(len(NB201_EDGES), len(NB201_OPS), device=x.device)).requires_grad_()
+    betas = [(1e-3 * torch.randn(len(NB201_EDGES), device=x.device)).requires_grad_()] if partial_k > 1 else []
+    nodes = [[e for e, _ in pairs] for pairs in NB201_INCOMING]
+
+    def forward() -> torch.Tensor:
+        edges = {"edge_weights": {NB201_GROUP: node_softmax(betas[0], nodes)}} if betas else {}
+        return model(x, weights={NB201_GROUP: torch.softmax(alphas, dim=-1)}, **edges)
+
+    return _train_step(list(model.parameters()) + [alphas, *betas], forward, y)
 
 
 @contextlib.contextmanager

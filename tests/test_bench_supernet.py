@@ -11,10 +11,11 @@ import pytest
 from conftest import ROOT, load_script
 
 SCRIPT = ROOT / "experiments" / "bench_supernet.py"
-CASES = {"mixture", "partial", "path", "child", "baseline", "baseline_cl", "nb201_path", "nb201_child", "controller"}
+CASES = {"mixture", "partial", "path", "child", "baseline", "baseline_cl", "nb201_path", "nb201_child", "nb201_mixture",
+         "nb201_partial", "controller"}
 RATIOS = {"path_over_child", "nb201_path_over_child", "mixture_over_path", "baseline_over_mixture",
           "baseline_cl_over_mixture", "controller_fraction", "mixture_over_partial", "baseline_over_partial",
-          "partial_memory_over_mixture", "partial_memory_over_baseline"}
+          "partial_memory_over_mixture", "partial_memory_over_baseline", "nb201_mixture_over_partial"}
 TINY = ["--C", "4", "--layers", "3", "--batch", "2", "--size", "8", "--steps", "1", "--warmup", "1", "--threads", "1",
         "--partial-k", "2", "--nb201-cells", "1"]
 
