@@ -70,16 +70,16 @@ def split_channels(x: torch.Tensor, k: int, stride: int) -> tuple[torch.Tensor, 
 
 
 def select_channels(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x[:, index] in x's memory format. A channels_last x is gathered by a one-hot matmul of its NHWC view (exact
-    for finite values, and on a CPU 1.5-4x faster than index_select, which also returns NCHW: the ops after it
-    would then run NCHW, several times slower for pools and depthwise convs); under autocast, which would round
-    that matmul, by index_select."""
+    """x[:, index] in x's memory format (index_select alone returns NCHW, and the ops after it would then run NCHW,
+    several times slower on a CPU for pools and depthwise convs). A channels_last x on the CPU is gathered by a
+    one-hot matmul of its NHWC view: exact for finite values, and 1.5-4x faster there than index_select. Under
+    autocast (which would round the matmul) and off the CPU (where TF32 could) it goes through index_select."""
     if not _channels_last(x):
         return x.index_select(1, index)
-    if torch.is_autocast_enabled(x.device.type):
+    if x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
         return x.index_select(1, index).contiguous(memory_format=torch.channels_last)
-    one_hot = torch.zeros(x.shape[1], len(index), dtype=x.dtype, device=x.device)
-    one_hot[index, torch.arange(len(index), device=x.device)] = 1
+    one_hot = torch.zeros(x.shape[1], len(index), dtype=x.dtype)
+    one_hot[index, torch.arange(len(index))] = 1
     return (x.permute(0, 2, 3, 1) @ one_hot).permute(0, 3, 1, 2)
 
 

@@ -22,7 +22,7 @@ from nas.engine.search_config import SearchConfig
 from search_spaces.darts.geometry import GROUPS
 from search_spaces.darts.space import DartsModelConfig, DartsSpace
 from search_spaces.ops import DARTS_OPS
-from search_spaces.partial_channels import channel_shuffle, draw_channels, partial_edge
+from search_spaces.partial_channels import channel_shuffle, draw_channels, partial_edge, select_channels
 
 DIGITS = SimpleNamespace(in_channels=1, size=8, num_classes=10)
 
@@ -40,6 +40,19 @@ def test_channel_shuffle_interleaves_the_groups() -> None:
     x = torch.arange(6.0).view(1, 6, 1, 1)
     assert channel_shuffle(x, 2).flatten().tolist() == [0, 3, 1, 4, 2, 5]
     assert torch.equal(channel_shuffle(x, 1), x)
+
+
+def test_the_gather_and_the_shuffle_keep_channels_last_and_the_values() -> None:
+    x = torch.randn(2, 8, 3, 3)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    index = torch.tensor([1, 4, 6])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = select_channels(x_cl, index)  # index_select: no rounding either
+    for y, expected in ((select_channels(x_cl, index), x[:, index]), (under_autocast, x[:, index]),
+                        (channel_shuffle(x_cl, 4), channel_shuffle(x, 4))):
+        assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+        assert torch.equal(y, expected)
+    assert select_channels(x, index).is_contiguous()  # NCHW stays NCHW
 
 
 def test_partial_edge_runs_the_ops_on_the_drawn_channels_and_passes_the_rest() -> None:
