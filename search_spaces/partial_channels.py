@@ -5,7 +5,8 @@ On every forward each edge draws C/K of its C input channels at random (torch's 
 search seeds and checkpoints, and which the second-order step replays, so a resumed or replayed pass draws the
 same channels). The drawn channels go through the edge's ops (built for C/K channels); the other channels bypass
 them (max-pooled 2x2 on a stride-2 edge); the edge outputs [ops output, bypass] after a channel shuffle with K
-groups. K=1 runs the ops on every channel in order: the plain DARTS edge.
+groups. K=1 runs the ops on every channel in order: the plain DARTS edge. A supernet's mixture runs a node's
+partial edges together (PartialNode: the same sums, each op one grouped call for the node's edges).
 """
 from __future__ import annotations
 

@@ -46,7 +46,6 @@ from search_spaces.partial_channels import KeptOp, PartialNode, check_partial_k,
 # How a supernet edge runs one of its ops (decided once at build time).
 _NONE, _PRE, _SKIP, _PLAIN = range(4)
 
-
 Weights = dict[str, torch.Tensor]  # group -> [E, K] mixture weights
 
 
