@@ -49,7 +49,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path as FilePath
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -173,11 +173,17 @@ def build_step(case: str, args: argparse.Namespace, path: dict[str, list[int]], 
         return _train_step(list(model.parameters()), lambda: model(x, path=path_t), y)
     if case == "baseline_cl":
         x = x.contiguous(memory_format=torch.channels_last)
-    alphas = {group: (1e-3 * torch.randn(edges_per_cell(STEPS), len(DARTS_OPS), device=device)).requires_grad_()
-              for group in GROUPS}
-    betas = {group: (1e-3 * torch.randn(edges_per_cell(STEPS), device=device)).requires_grad_()
-             for group in GROUPS} if case == "partial" else {}
     nodes = [list(edges) for edges in node_edges(STEPS)]
+    return _mixture_step(model, x, y, GROUPS, len(DARTS_OPS), nodes, edge_weights=case == "partial")
+
+
+def _mixture_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, groups: Sequence[str], n_ops: int,
+                  nodes: list[list[int]], edge_weights: bool) -> Step:
+    """A training step of the supernet's mixture, softmax(alphas) per group, and with `edge_weights` the node
+    softmax of per-edge betas (PC-DARTS); the alphas and betas are differentiated with the weights."""
+    n_edges = sum(len(node) for node in nodes)
+    alphas = {g: (1e-3 * torch.randn(n_edges, n_ops, device=x.device)).requires_grad_() for g in groups}
+    betas = {g: (1e-3 * torch.randn(n_edges, device=x.device)).requires_grad_() for g in groups} if edge_weights else {}
 
     def forward() -> torch.Tensor:
         edges = {"edge_weights": {g: node_softmax(b, nodes) for g, b in betas.items()}} if betas else {}
@@ -199,15 +205,8 @@ def build_nb201_step(case: str, args: argparse.Namespace, path: list[int], x: to
     model = NB201Network(kept, args.C, args.nb201_cells, partial_k=partial_k).to(x.device)
     if case == "nb201_path":
         return _train_step(list(model.parameters()), lambda: model(x, path=path_t), y)
-    alphas = (1e-3 * torch.randn(len(NB201_EDGES), len(NB201_OPS), device=x.device)).requires_grad_()
-    betas = [(1e-3 * torch.randn(len(NB201_EDGES), device=x.device)).requires_grad_()] if partial_k > 1 else []
     nodes = [[e for e, _ in pairs] for pairs in NB201_INCOMING]
-
-    def forward() -> torch.Tensor:
-        edges = {"edge_weights": {NB201_GROUP: node_softmax(betas[0], nodes)}} if betas else {}
-        return model(x, weights={NB201_GROUP: torch.softmax(alphas, dim=-1)}, **edges)
-
-    return _train_step(list(model.parameters()) + [alphas, *betas], forward, y)
+    return _mixture_step(model, x, y, [NB201_GROUP], len(NB201_OPS), nodes, edge_weights=partial_k > 1)
 
 
 @contextlib.contextmanager
